@@ -1,0 +1,67 @@
+"""The `kit` command: validate a params file, run the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from kit.params import ParamsError, environment_warnings, load_params
+
+
+def _validate(args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.set)
+    for warning in environment_warnings(params):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(yaml.safe_dump(params.resolved(), sort_keys=False), end="")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kit.runner import parse_stages, run_pipeline
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    params = load_params(args.params, args.set)
+    for warning in environment_warnings(params):
+        print(f"warning: {warning}", file=sys.stderr)
+    result = run_pipeline(args.params, stages, args.set)
+    if result.failed_stage:
+        return 1
+    timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result.stage_seconds.items())
+    print(f"finished: {timings}; {sum(result.stage_seconds.values()):.0f} s in all\nrun folder {result.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kit", description="tunebook: fine-tune code LLMs, notebook by notebook.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a params file and print it resolved")
+    validate.add_argument("params", help="params YAML file")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    validate.set_defaults(handler=_validate)
+
+    run = commands.add_parser("run", help="run the pipeline's notebooks with papermill, logged to MLflow")
+    run.add_argument("params", help="params YAML file")
+    run.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ParamsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

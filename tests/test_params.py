@@ -1,0 +1,80 @@
+"""The params schema: Axolotl's files validate, malformed ones stop with a message naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+from kit.params import ParamsError, environment_warnings, load_params, parse_overrides
+
+from .conftest import ROOT, SMOKE
+
+SEED = ROOT.parent / "shared" / "seed" / "EvolCodeLlama-7b.yaml"
+BAD = sorted((Path(__file__).parent / "bad_params").glob("*.yaml"))
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the article's config lives in ../shared/seed")
+def test_the_articles_axolotl_config_is_a_valid_params_file(capsys):
+    assert main(["validate", str(SEED)]) == 0
+    params = load_params(SEED)
+    assert (params.lora_r, params.lora_alpha, params.micro_batch_size, params.eval_steps) == (32, 16, 10, 0.01)
+    assert params.lora_targets == "all-linear"
+    assert params.experiment_name == "EvolCodeLlama-7b"
+    assert "lora_r: 32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_params_files_validate(path):
+    assert main(["validate", str(path)]) == 0
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda path: path.stem)
+def test_malformed_params_exit_2_naming_the_key_without_traceback(path, tmp_path):
+    lines = path.read_text().splitlines()
+    expected = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+    # The real console entry point, in a folder of its own: a refused file must write nothing.
+    process = subprocess.run(
+        [sys.executable, "-m", "kit.cli", "validate", str(path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    for fragment in expected:
+        assert fragment in process.stderr
+    assert process.stderr.count("\n") <= 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_refuses_a_bad_file_before_starting_anything(tmp_path, capsys):
+    assert main(["run", str(BAD[0]), "--set", f"output_dir={tmp_path}"]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overrides_are_yaml_values_and_validated():
+    assert parse_overrides(["lora_r=16", "eval_benchmarks=[mbpp]", "hub_model_id=me/x"]) == {
+        "lora_r": 16, "eval_benchmarks": ["mbpp"], "hub_model_id": "me/x"
+    }
+    assert load_params(SMOKE, ["lora_r=16"]).lora_r == 16
+    with pytest.raises(ParamsError, match="`lora_r`"):
+        load_params(SMOKE, ["lora_r=-1"])
+    with pytest.raises(ParamsError, match="expected key=value"):
+        parse_overrides(["lora_r"])
+
+
+def test_keys_this_machine_cannot_honour_warn_naming_the_key():
+    params = load_params(SMOKE, ["flash_attention=true", "optimizer=paged_adamw_32bit", "wandb_project=x",
+                                 "deepspeed=ds.json", "hub_model_id=me/model"])
+    warnings = "\n".join(environment_warnings(params))
+    for key in ("flash_attention", "optimizer: paged_adamw_32bit", "wandb_project", "deepspeed", "hub_model_id"):
+        assert key in warnings
+
+
+def test_derived_values_live_in_the_schema():
+    params = load_params(SMOKE, ["micro_batch_size=3", "gradient_accumulation_steps=4", "bf16=true"])
+    assert params.effective_batch_size == 12
+    assert params.compute_dtype == "float32"  # no CUDA here: bf16 cannot be honoured
+    assert params.experiment_name == "smoke"
+    assert load_params(SMOKE, ["mlflow_experiment_name=mine"]).experiment_name == "mine"

@@ -1,0 +1,75 @@
+"""`kit run` on the embedded default: the whole pipeline, and the MLflow record it leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from kit.stage import NOTEBOOKS, STAGES
+
+from .conftest import SMOKE
+
+
+def _kit(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "kit.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def _runs(experiment: str):
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, runs
+
+
+def test_kit_run_smoke_leaves_a_parent_and_five_finished_stage_runs(tmp_path):
+    experiment = "pipeline-test"
+    process = _kit("run", str(SMOKE), "--set", f"output_dir={tmp_path}", "--set",
+                   f"mlflow_experiment_name={experiment}", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    for number, stage in enumerate(STAGES, start=1):
+        assert f"[{number}/5] {stage} ... done in" in process.stdout
+
+    client, runs = _runs(experiment)
+    parents = [run for run in runs if run.data.tags.get("kit.kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = {
+        run.data.tags["kit.stage"]: run
+        for run in runs
+        if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert set(children) == set(STAGES)
+    for stage, run in children.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.params["lora_r"] == "8" and run.data.params["base_model"] == "embedded:tiny-llama"
+        assert run.data.tags["kit.git_commit"] and run.data.tags["kit.version.torch"].startswith("2.")
+        artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "notebook")}
+        assert artifacts == {f"notebook/{NOTEBOOKS[stage]}"}
+        assert {artifact.path for artifact in client.list_artifacts(run.info.run_id, "params")} >= {
+            "params/smoke.yaml", "params/resolved.yaml"}
+    metrics = {stage: run.data.metrics for stage, run in children.items()}
+    assert 0 < metrics["prepare"]["prepare/packing_efficiency"] <= 1
+    assert len(client.get_metric_history(children["train"].info.run_id, "train/loss")) == 20
+    assert "eval/humaneval/adapter/pass@1" in metrics["evaluate"]
+    assert metrics["merge"]["merge/top1_agreement"] == 1.0
+    assert metrics["quantize"]["gguf/q8_0/top1_agreement"] > 0.9
+    assert "pipeline/seconds" in parent.data.metrics
+
+
+def test_a_failing_stage_stops_the_pipeline_and_is_left_failed(tmp_path):
+    experiment = "failing-test"
+    process = _kit("run", str(SMOKE), "--stages", "prepare,train", "--set", f"output_dir={tmp_path}",
+                   "--set", "datasets=[{path: /nonexistent/data.jsonl, type: alpaca}]",
+                   "--set", f"mlflow_experiment_name={experiment}", cwd=tmp_path)
+    assert process.returncode == 1
+    assert "stage prepare failed" in process.stderr and "nonexistent" in process.stderr
+    _, runs = _runs(experiment)
+    statuses = {run.data.tags.get("kit.stage", "pipeline"): run.info.status for run in runs}
+    assert statuses == {"pipeline": "FAILED", "prepare": "FAILED"}
+
+
+def test_unknown_stage_is_refused():
+    process = _kit("run", str(SMOKE), "--stages", "prepare,trian", cwd=None)
+    assert process.returncode == 2 and "trian" in process.stderr
