@@ -16,7 +16,7 @@ from typing import Any
 
 from kit import tracking
 from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, truncate_at_stop
-from kit.models import load_causal_lm, load_tokenizer
+from kit.models import inference_device, load_causal_lm, load_tokenizer
 from kit.params import Params
 from kit.sandbox import run_programs
 from kit.stage import write_manifest
@@ -70,7 +70,9 @@ def _generation_config(params: Params, tokenizer):
     }
     if params.eval_num_samples == 1:
         return GenerationConfig(do_sample=False, **common)
-    return GenerationConfig(do_sample=True, temperature=params.eval_temperature, top_p=params.eval_top_p, **common)
+    return GenerationConfig(
+        do_sample=True, temperature=params.eval_temperature, top_p=params.eval_top_p, **common
+    )
 
 
 def _continuation(tokenizer, sequence, prompt_length: int) -> str:
@@ -78,7 +80,7 @@ def _continuation(tokenizer, sequence, prompt_length: int) -> str:
     # text: one column of the first line's indentation. Decode all and cut off the decoded prompt.
     text = tokenizer.decode(sequence, skip_special_tokens=True)
     prompt = tokenizer.decode(sequence[:prompt_length], skip_special_tokens=True)
-    return text[len(prompt):]
+    return text[len(prompt) :]
 
 
 def generate_completions(model, tokenizer, problems: list[Problem], params: Params) -> list[list[str]]:
@@ -156,12 +158,6 @@ def score_benchmark(
     }
 
 
-def _device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _free_memory() -> None:
     import torch
 
@@ -175,7 +171,7 @@ def run_evaluate(params: Params, trained: dict | None, out_dir: Path) -> dict:
     if trained is None:
         raise ValueError("evaluate scores what train made; it needs the train stage's manifest")
     if params.eval_num_samples > 1 and params.eval_temperature == 0:
-        raise ValueError("eval_num_samples > 1 samples, which needs eval_temperature > 0")
+        raise ValueError("eval_num_samples > 1 means sampling, which needs eval_temperature > 0")
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = trained["outputs"]
@@ -187,7 +183,7 @@ def run_evaluate(params: Params, trained: dict | None, out_dir: Path) -> dict:
     sample_paths: list[str] = []
 
     def score_variant(variant: str, model) -> None:
-        model.to(_device()).eval()
+        model.to(inference_device()).eval()
         results[variant] = {}
         for name, problems in benchmarks.items():
             samples_path = out_dir / f"samples-{variant}-{name}.jsonl"
@@ -207,6 +203,9 @@ def run_evaluate(params: Params, trained: dict | None, out_dir: Path) -> dict:
     if outputs.get("adapter_dir"):
         from peft import PeftModel
 
+        # Training grew the embeddings for tokens it added; the adapter's saved rows need that shape.
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
         # The adapter wraps the base already in memory rather than a second copy of it.
         score_variant("adapter", PeftModel.from_pretrained(model, outputs["adapter_dir"]))
     elif outputs.get("model_dir"):
@@ -244,8 +243,25 @@ def results_table(manifest: dict):
     import pandas as pd
 
     results = json.loads(Path(manifest["outputs"]["results"]).read_text())
-    rows = {variant: {name: scores["pass@1"] for name, scores in by_benchmark.items()}
-            for variant, by_benchmark in results.items()}
+    rows = {
+        variant: {name: scores["pass@1"] for name, scores in by_benchmark.items()}
+        for variant, by_benchmark in results.items()
+    }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "variant"
     return table
+
+
+def sample_generations(manifest: dict, limit: int = 3):
+    """The first ``limit`` completions of each variant on each benchmark, with how they fared."""
+    import pandas as pd
+
+    rows = []
+    for path in map(Path, manifest["outputs"]["samples"]):
+        variant, benchmark = path.stem.removeprefix("samples-").split("-", 1)
+        with path.open() as samples:
+            for line, _ in zip(samples, range(limit)):
+                sample = json.loads(line)
+                rows.append({"variant": variant, "benchmark": benchmark, **sample})
+    columns = ["variant", "benchmark", "task_id", "status", "completion"]
+    return pd.DataFrame(rows, columns=columns)

@@ -67,6 +67,12 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
     )
 
 
+def inference_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def attention_implementation(params: Params) -> str:
     """FlashAttention-2 where it can run; else SDPA (packed rows stay isolated without a mask)."""
     import importlib.util

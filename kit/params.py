@@ -252,12 +252,18 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     return f"{source}: key `{location}`: {message}"
 
 
-def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """``["lora_r=16", "eval_benchmarks=[humaneval]"]`` -> ``{"lora_r": 16, ...}``; values are YAML."""
+def parse_overrides(overrides: list[str] | dict[str, Any] | str | None) -> dict[str, Any]:
+    """``["lora_r=16", "eval_benchmarks=[humaneval]"]`` -> ``{"lora_r": 16, ...}``; values are YAML.
+
+    A string is one ``key=value`` or a YAML list of them, as ``papermill -p overrides`` passes it.
+    """
     if not overrides:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
+    if isinstance(overrides, str):
+        listed = yaml.safe_load(overrides) if overrides.lstrip().startswith("[") else None
+        overrides = listed if isinstance(listed, list) else [overrides]
     parsed = {}
     for item in overrides:
         key, sep, value = item.partition("=")

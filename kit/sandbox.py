@@ -1,9 +1,9 @@
 """Running generated programs: each in its own process group, temporary folder and resource limits.
 
 This contains mistakes, not attackers: a program runs as the same user without namespaces or
-syscall filters. It cannot hang the evaluation, outlive it, exhaust memory or disk, read the
-parent's environment (tokens), or litter the working folder. Evaluate untrusted models in a
-container as well.
+syscall filters. It cannot hang the evaluation, outlive it, exhaust memory, write large files,
+read the parent's environment (tokens), or litter the working folder. Evaluate untrusted models
+in a container as well.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 FILE_SIZE_LIMIT_BYTES = 16 * 1024**2
 STDERR_TAIL_CHARS = 2000
-# Process-wide paths only: nothing of the parent's environment (tokens, credentials) reaches a program.
+# System tools only: the parent's PATH (its virtual environment, the user's folders) is not passed on.
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -41,9 +41,10 @@ class ExecutionResult:
 def _limit_resources(cpu_seconds: int) -> None:
     """Runs in the child between fork and exec, so it does nothing but set limits."""
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT_BYTES, FILE_SIZE_LIMIT_BYTES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Last: until exec this is a copy of the (possibly large) parent, which must not need to grow.
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
 
 
 def _kill_group(process_group: int) -> None:
@@ -71,6 +72,7 @@ def run_program(program: str, timeout: float) -> ExecutionResult:
         workdir = Path(folder)
         (workdir / "program.py").write_text(source)
         stdout_path, stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
+        # The whole environment: nothing of the parent's (tokens, credentials) reaches the program.
         environment = {
             "PATH": MINIMAL_PATH,
             "HOME": folder,

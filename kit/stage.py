@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 
 from kit import tracking
-from kit.params import Params, load_params
+from kit.params import Params, load_params, parse_overrides
 
 STAGES = ("prepare", "train", "evaluate", "merge", "quantize")
 UPSTREAM: dict[str, str | None] = {
@@ -90,7 +90,7 @@ class StageRun:
         self,
         stage: str,
         params_file: str,
-        overrides: list[str] | None = None,
+        overrides: list[str] | str | None = None,
         run_dir: str = "",
         parent_run_id: str = "",
         mlflow_run_id: str = "",
@@ -100,7 +100,7 @@ class StageRun:
         if Path.cwd() == PROJECT_DIR / "notebooks":
             os.chdir(PROJECT_DIR)
         self.stage = stage
-        self.overrides = list(overrides or [])
+        self.overrides = [f"{key}={value}" for key, value in parse_overrides(overrides).items()]
         self.params = load_params(params_file, self.overrides)
         self.run_dir = resolve_run_dir(self.params, run_dir).resolve()
         self.out_dir = self.run_dir / stage

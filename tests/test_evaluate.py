@@ -19,7 +19,7 @@ from kit.benchmarks import (
     mbpp_problems,
     truncate_at_stop,
 )
-from kit.evaluate import pass_at_k, results_table, run_evaluate
+from kit.evaluate import pass_at_k, results_table, run_evaluate, sample_generations
 from kit.params import Params
 
 from .conftest import SHARED_MBPP
@@ -92,9 +92,8 @@ def test_truncation_cuts_at_the_earliest_stop_and_keeps_indentation() -> None:
     assert truncate_at_stop("x = 1", HUMANEVAL_STOP_SEQUENCES) == "x = 1"
     mbpp = "def f(a):\n    return a\n[DONE]\nYou are an expert Python programmer, and here"
     assert truncate_at_stop(mbpp, MBPP_STOP_SEQUENCES) == "def f(a):\n    return a\n"
-    assert truncate_at_stop("def f(a):\n    return a\nYou are an expert Python programmer", MBPP_STOP_SEQUENCES) == (
-        "def f(a):\n    return a"
-    )
+    next_task = "def f(a):\n    return a\nYou are an expert Python programmer"
+    assert truncate_at_stop(next_task, MBPP_STOP_SEQUENCES) == "def f(a):\n    return a"
 
 
 def test_humaneval_has_164_problems_with_prompts_as_published() -> None:
@@ -130,7 +129,7 @@ def test_mbpp_prompt_is_three_shot_with_the_tasks_asserts() -> None:
     task = (
         "You are an expert Python programmer, and here is your task: Write a python function to remove "
         "first and last occurrence of a given character from the string. Your code should pass these tests:"
-        "\n\nassert remove_Occ(\"hello\",\"l\") == \"heo\"\n"
+        '\n\nassert remove_Occ("hello","l") == "heo"\n'
     )
     assert task in prompt and prompt.endswith("[BEGIN]\n")
     assert "\r" not in prompt
@@ -146,7 +145,9 @@ def test_eval_limit_takes_the_first_problems(smoke_params: Params) -> None:
     params = smoke_params.model_copy(update={"eval_limit": 3, "eval_mbpp_path": str(SHARED_MBPP)})
     assert [problem.task_id for problem in load_benchmark("mbpp", params)] == [11, 12, 13]
     assert [problem.task_id for problem in load_benchmark("humaneval", params)] == [
-        "HumanEval/0", "HumanEval/1", "HumanEval/2",
+        "HumanEval/0",
+        "HumanEval/1",
+        "HumanEval/2",
     ]
 
 
@@ -174,6 +175,25 @@ def test_completions_keep_the_first_lines_indentation(embedded_model: Path, smok
     assert _continuation(tokenizer, prompt + completion, len(prompt)) == "    return x\n"
 
 
+def test_generation_stops_each_row_at_its_own_stop_sequence(
+    embedded_model: Path, smoke_params: Params
+) -> None:
+    import torch
+
+    from kit.evaluate import _stop_criteria
+    from kit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(embedded_model), smoke_params)
+    prompt = tokenizer("def f(x):\n")["input_ids"]
+    finished = tokenizer("    return x\n\ndef g", add_special_tokens=False)["input_ids"]
+    going = tokenizer("    return x", add_special_tokens=False)["input_ids"]
+    going += [tokenizer.pad_token_id] * (len(finished) - len(going))  # as generate pads a finished row
+    batch = torch.tensor([prompt + finished, prompt + going, prompt + finished])
+    stops = [HUMANEVAL_STOP_SEQUENCES, HUMANEVAL_STOP_SEQUENCES, MBPP_STOP_SEQUENCES]
+    criteria = _stop_criteria(tokenizer, len(prompt), stops)
+    assert criteria(batch, scores=None).tolist() == [True, False, False]
+
+
 def _train_manifest(base: Path, adapter_dir: Path | None = None, model_dir: Path | None = None) -> dict:
     return {
         "stage": "train",
@@ -197,7 +217,9 @@ def _lora_adapter(base: Path, folder: Path) -> Path:
     return folder
 
 
-def test_run_evaluate_scores_base_and_adapter(embedded_model: Path, smoke_params: Params, tmp_path: Path) -> None:
+def test_run_evaluate_scores_base_and_adapter(
+    embedded_model: Path, smoke_params: Params, tmp_path: Path
+) -> None:
     import mlflow
 
     benchmarks = ["humaneval", "mbpp"] if SHARED_MBPP.exists() else ["humaneval"]
@@ -239,9 +261,14 @@ def test_run_evaluate_scores_base_and_adapter(embedded_model: Path, smoke_params
 
     table = results_table(manifest)
     assert list(table.index) == ["base", "adapter"] and list(table.columns) == benchmarks
+    shown = sample_generations(manifest, limit=1)
+    assert len(shown) == 2 * len(benchmarks)
+    assert shown.iloc[0][["variant", "benchmark", "task_id"]].tolist() == ["base", "humaneval", "HumanEval/0"]
 
 
-def test_run_evaluate_samples_a_full_fine_tune(embedded_model: Path, smoke_params: Params, tmp_path: Path) -> None:
+def test_run_evaluate_samples_a_full_fine_tune(
+    embedded_model: Path, smoke_params: Params, tmp_path: Path
+) -> None:
     params = smoke_params.model_copy(
         update={
             "eval_benchmarks": ["humaneval"],

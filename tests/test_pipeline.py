@@ -52,7 +52,7 @@ def test_kit_run_smoke_leaves_a_parent_and_five_finished_stage_runs(tmp_path):
     metrics = {stage: run.data.metrics for stage, run in children.items()}
     assert 0 < metrics["prepare"]["prepare/packing_efficiency"] <= 1
     assert len(client.get_metric_history(children["train"].info.run_id, "train/loss")) == 20
-    assert "eval/humaneval/adapter/pass@1" in metrics["evaluate"]
+    assert "eval/humaneval/adapter/pass_at_1" in metrics["evaluate"]
     assert metrics["merge"]["merge/top1_agreement"] == 1.0
     assert metrics["quantize"]["gguf/q8_0/top1_agreement"] > 0.9
     assert "pipeline/seconds" in parent.data.metrics

@@ -1,0 +1,222 @@
+"""A Hugging Face Llama-family folder written as GGUF, the file llama.cpp loads and quantizes.
+
+Covers what this kit merges: ``LlamaForCausalLM`` or ``MistralForCausalLM`` safetensors with a
+SentencePiece ``tokenizer.model`` (Code Llama, Llama 2, Mistral 7B, the embedded model). Tensors are
+streamed one at a time, so a 7B model is converted without holding it all in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+# out_type -> (general.file_type, dtype of 2-D weights); 1-D tensors (norms, biases) stay f32, as
+# llama.cpp keeps them: they are tiny and sensitive to rounding.
+OUT_TYPES = {
+    "f32": (gguf.LlamaFileType.ALL_F32, np.float32),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, np.float16),
+}
+# SentencePiece's piece types (sentencepiece_model.proto) as GGUF token types.
+PIECE_TOKEN_TYPES = {
+    1: gguf.TokenType.NORMAL,
+    2: gguf.TokenType.UNKNOWN,
+    3: gguf.TokenType.CONTROL,
+    4: gguf.TokenType.USER_DEFINED,
+    5: gguf.TokenType.UNUSED,
+    6: gguf.TokenType.BYTE,
+}
+# Rows of a vocabulary larger than the tokenizer (padded for speed) are never produced or predicted.
+PADDING_SCORE = -10000.0
+# Tokens added on top of the SentencePiece model are matched whole before SentencePiece runs.
+ADDED_TOKEN_SCORE = -1000.0
+
+
+@dataclass
+class _PlannedTensor:
+    gguf_name: str
+    hf_name: str
+    shard: Path
+    shape: tuple[int, ...]
+    dtype: type
+
+
+def export_gguf(model_dir: Path, out_path: Path, out_type: str = "f16") -> Path:
+    """Write ``model_dir`` (config.json, safetensors, tokenizer.model) as a GGUF file of ``out_type``."""
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"out_type {out_type!r}: GGUF export writes {', '.join(OUT_TYPES)}; quantize from f16")
+    config = read_llama_config(model_dir)
+    file_type, weight_dtype = OUT_TYPES[out_type]
+    plan = _plan_tensors(model_dir, config, weight_dtype)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        _add_hyperparameters(writer, config, file_type)
+        _add_vocabulary(writer, model_dir, config["vocab_size"])
+        for planned in plan:
+            nbytes = int(np.prod(planned.shape)) * np.dtype(planned.dtype).itemsize
+            writer.add_tensor_info(planned.gguf_name, planned.shape, np.dtype(planned.dtype), nbytes)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for planned in plan:
+            writer.write_tensor_data(_load_tensor(planned, config))
+    finally:
+        writer.close()
+    return out_path
+
+
+def read_llama_config(model_dir: Path) -> dict[str, Any]:
+    """config.json of a model export_gguf can convert; a ValueError names what it cannot."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    architectures = config.get("architectures") or [config.get("model_type", "unknown")]
+    if architectures[0] not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{model_dir}: architecture {architectures[0]} is not supported for GGUF export "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"{model_dir}: rope scaling {rope_type!r} is not supported for GGUF export")
+    if not (Path(model_dir) / "tokenizer.model").is_file():
+        raise ValueError(f"{model_dir}: no SentencePiece tokenizer.model; GGUF export needs one")
+    return config
+
+
+def _head_dim(config: dict[str, Any]) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def _add_hyperparameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_type: int) -> None:
+    rope = config.get("rope_parameters") or {}
+    head_dim = _head_dim(config)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
+    if head_dim != config["hidden_size"] // config["num_attention_heads"]:
+        # llama.cpp derives the head size from the embedding width unless told otherwise.
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(file_type)
+
+
+def _add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
+    """The SentencePiece model as llama.cpp's "llama" tokenizer, padded to the embedding rows."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((model_dir / "tokenizer.model").read_bytes())
+    if len(proto.pieces) > vocab_size:
+        raise ValueError(
+            f"{model_dir}: tokenizer.model has {len(proto.pieces)} pieces, the model only {vocab_size} rows"
+        )
+    tokens = [f"[PAD{index}]" for index in range(vocab_size)]
+    scores = [PADDING_SCORE] * vocab_size
+    token_types = [gguf.TokenType.UNUSED] * vocab_size
+    for index, piece in enumerate(proto.pieces):
+        tokens[index], scores[index], token_types[index] = piece.piece, piece.score, PIECE_TOKEN_TYPES[piece.type]
+    for added in _added_tokens(model_dir):
+        if len(proto.pieces) <= added["id"] < vocab_size:
+            index = added["id"]
+            scores[index] = ADDED_TOKEN_SCORE
+            if added.get("special"):
+                tokens[index], token_types[index] = added["content"], gguf.TokenType.CONTROL
+            else:
+                # SentencePiece writes spaces as U+2581; llama.cpp matches added tokens in that form.
+                tokens[index] = added["content"].replace(" ", "\u2581")
+                token_types[index] = gguf.TokenType.USER_DEFINED
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(token_types)
+    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+
+    # tokenizer.json, tokenizer_config.json and config.json name the special tokens and the chat
+    # template; the SentencePiece model's own ids fill whatever they leave unset.
+    special_vocab = gguf.SpecialVocab(model_dir, n_vocab=vocab_size)
+    trainer = proto.trainer_spec
+    own_ids = {"unk": trainer.unk_id, "bos": trainer.bos_id, "eos": trainer.eos_id, "pad": trainer.pad_id}
+    for kind, token_id in own_ids.items():
+        if token_id >= 0:
+            special_vocab.special_token_ids.setdefault(kind, token_id)
+    # Llama's SentencePiece models start every sequence with BOS unless the tokenizer says otherwise.
+    special_vocab.add_special_token.setdefault("bos", True)
+    special_vocab.add_to_gguf(writer, quiet=True)
+
+
+def _added_tokens(model_dir: Path) -> list[dict[str, Any]]:
+    tokenizer_json = model_dir / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return []
+    return json.loads(tokenizer_json.read_text()).get("added_tokens", [])
+
+
+def _safetensors_shards(model_dir: Path) -> list[Path]:
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise ValueError(f"{model_dir}: no safetensors weights")
+    return shards
+
+
+def _plan_tensors(model_dir: Path, config: dict[str, Any], weight_dtype: type) -> list[_PlannedTensor]:
+    """Every tensor's GGUF name, shape and dtype, read from the safetensors headers only."""
+    from safetensors import safe_open
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    plan = []
+    for shard in _safetensors_shards(model_dir):
+        with safe_open(shard, framework="pt") as weights:
+            for hf_name in weights.keys():  # noqa: SIM118 (safe_open has keys() but cannot be iterated)
+                if hf_name.endswith("rotary_emb.inv_freq"):  # recomputed by llama.cpp
+                    continue
+                gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if gguf_name is None:
+                    raise ValueError(f"{shard}: tensor {hf_name} has no GGUF name in the llama layout")
+                shape = tuple(weights.get_slice(hf_name).get_shape())
+                dtype = np.float32 if len(shape) == 1 else weight_dtype
+                plan.append(_PlannedTensor(gguf_name, hf_name, shard, shape, dtype))
+    return plan
+
+
+def _load_tensor(planned: _PlannedTensor, config: dict[str, Any]) -> np.ndarray:
+    from safetensors import safe_open
+
+    with safe_open(planned.shard, framework="pt") as weights:
+        data = weights.get_tensor(planned.hf_name).float().numpy()
+    n_heads = config["num_attention_heads"]
+    if planned.hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        data = permute_for_llama_rope(data, n_heads)
+    elif planned.hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        data = permute_for_llama_rope(data, config.get("num_key_value_heads") or n_heads)
+    return np.ascontiguousarray(data.astype(planned.dtype))
+
+
+def permute_for_llama_rope(weights: np.ndarray, n_heads: int) -> np.ndarray:
+    """Reorder each head's q/k rows from Hugging Face's rotary layout to llama.cpp's.
+
+    Hugging Face rotates the first half of a head's dimensions against the second half; llama.cpp
+    rotates adjacent pairs. Interleaving the two halves makes both compute the same attention.
+    """
+    rows = weights.shape[0]
+    return (
+        weights.reshape(n_heads, 2, rows // n_heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
