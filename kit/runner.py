@@ -52,6 +52,7 @@ def run_pipeline(
     echo=print,
 ) -> PipelineResult:
     import papermill
+    from traitlets.config import Config
 
     overrides = list(overrides or [])
     params_file = Path(params_file).resolve()
@@ -86,6 +87,8 @@ def run_pipeline(
                 kernel_name="python3",
                 progress_bar=False,
                 cwd=os.getcwd(),
+                # Kernels talk over local IPC sockets: no TCP ports opened for plain-text traffic.
+                config=Config({"KernelManager": {"transport": "ipc"}}),
             )
         except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
             failure = error
