@@ -300,8 +300,17 @@ def validate_params(raw: dict[str, Any], source: Path | None = None) -> Params:
     return params
 
 
+# Axolotl keys this version reads but does not act on yet, and what happens instead.
+NOT_YET_HONOURED = {
+    "dataset_prepared_path": "prepared data is not cached between runs; every run prepares it",
+    "lora_model_dir": "the adapter is trained from scratch, not from this folder",
+    "early_stopping_patience": "training runs all its steps",
+    "local_rank": "training runs in one process",
+}
+
+
 def environment_warnings(params: Params) -> list[str]:
-    """Keys understood but not honoured on this machine, and what happens instead."""
+    """Keys understood but not honoured here (this machine, or this version), and what happens instead."""
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -325,8 +334,12 @@ def environment_warnings(params: Params) -> list[str]:
         warnings.append("deepspeed: not supported; training runs without DeepSpeed")
     if params.fsdp:
         warnings.append("fsdp: not supported; training runs on one device")
-    if params.hub_model_id and not _hub_token_available():
-        warnings.append("hub_model_id: no Hugging Face token here; the merged model is not pushed")
+    for key, instead in NOT_YET_HONOURED.items():
+        if getattr(params, key) is not None:
+            warnings.append(f"{key}: not supported yet; {instead}")
+    if params.hub_model_id:
+        reason = "pushing is not supported yet" if _hub_token_available() else "no Hugging Face token here"
+        warnings.append(f"hub_model_id: {reason}; the merged model is not pushed")
     return warnings
 
 

@@ -10,6 +10,7 @@ import atexit
 import importlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import mlflow
 
 from kit import tracking
-from kit.params import Params, load_params, parse_overrides
+from kit.params import Params, environment_warnings, load_params, parse_overrides
 
 STAGES = ("prepare", "train", "evaluate", "merge", "quantize")
 UPSTREAM: dict[str, str | None] = {
@@ -102,6 +103,8 @@ class StageRun:
         self.stage = stage
         self.overrides = [f"{key}={value}" for key, value in parse_overrides(overrides).items()]
         self.params = load_params(params_file, self.overrides)
+        for warning in environment_warnings(self.params):
+            print(f"warning: {warning}", file=sys.stderr)
         self.run_dir = resolve_run_dir(self.params, run_dir).resolve()
         self.out_dir = self.run_dir / stage
         self.parent_run_id = parent_run_id or None

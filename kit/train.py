@@ -105,6 +105,7 @@ def run_train(params: Params, prepared: dict[str, Any], out_dir: Path) -> dict[s
         optim=optimizer_name(params),
         bf16=params.compute_dtype == "bfloat16",
         fp16=params.compute_dtype == "float16",
+        tf32=params.tf32 if torch.cuda.is_available() else None,
         logging_steps=params.logging_steps or 10,
         # Counts, or fractions of the run (0.01 = every 1%), read the same way by transformers and Axolotl.
         eval_strategy="steps" if has_validation and params.eval_steps else "no",
