@@ -64,13 +64,15 @@ def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_inline(stage: str, params: Params, run_dir: Path, parent_run_id: str | None) -> dict[str, Any]:
+def run_inline(
+    stage: str, params: Params, run_dir: Path, parent_run_id: str | None, overrides: list[str]
+) -> dict[str, Any]:
     """Run a stage (and any missing upstream stage) in this process, each in its own MLflow run."""
     upstream = UPSTREAM[stage]
     inputs = None
     if upstream:
-        inputs = read_manifest(run_dir, upstream) or run_inline(upstream, params, run_dir, parent_run_id)
-    run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides=[])
+        inputs = read_manifest(run_dir, upstream) or run_inline(upstream, params, run_dir, parent_run_id, overrides)
+    run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         started = time.perf_counter()
         manifest = stage_function(stage)(params, inputs, run_dir / stage)
@@ -123,7 +125,7 @@ class StageRun:
         if upstream is None:
             return None
         return read_manifest(self.run_dir, upstream) or run_inline(
-            upstream, self.params, self.run_dir, self.parent_run_id or self.run_id
+            upstream, self.params, self.run_dir, self.parent_run_id or self.run_id, self.overrides
         )
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:

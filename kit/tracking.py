@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -106,20 +104,3 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log to the active stage run; outside one (a bare function call in a test) there is nothing to log to."""
     if mlflow.active_run() is not None and metrics:
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
-
-
-def log_artifact_text(text: str, artifact_path: str) -> None:
-    if mlflow.active_run() is None:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_path).name
-        path.write_text(text)
-        mlflow.log_artifact(str(path), str(Path(artifact_path).parent) if "/" in artifact_path else None)
-
-
-def stage_runs(params: Params, parent_run_id: str) -> list[Any]:
-    client = configure(params)
-    experiment = client.get_experiment_by_name(params.experiment_name)
-    return client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    )
