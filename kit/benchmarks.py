@@ -89,7 +89,7 @@ def mbpp_prompt(task: dict, shots: list[dict]) -> str:
     return solved + describe(task)
 
 
-def _mbpp_rows(mbpp_path: str | None) -> tuple[list[dict], list[dict]]:
+def mbpp_rows(mbpp_path: str | None) -> tuple[list[dict], list[dict]]:
     """The test split (task_ids 11-510) and the three shots (task_ids 2-4), from a file or the Hub."""
     if mbpp_path:
         rows = [json.loads(line) for line in Path(mbpp_path).read_text().splitlines() if line.strip()]
@@ -106,7 +106,7 @@ def _mbpp_rows(mbpp_path: str | None) -> tuple[list[dict], list[dict]]:
 
 def mbpp_problems(mbpp_path: str | None) -> list[Problem]:
     """MBPP's 500 test problems, each with the three-shot prompt and its three asserts."""
-    tests, shots = _mbpp_rows(mbpp_path)
+    tests, shots = mbpp_rows(mbpp_path)
     problems = []
     for task in tests:
         # The setup code (one task builds trees with the solution's class) runs after the solution.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:code-instructions"
@@ -47,16 +47,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
+class UserFormat(_Strict):
+    """Axolotl's custom prompt format (``type:`` as a mapping): field names and template strings."""
+
+    system_prompt: str = ""
+    field_system: str | None = None
+    field_instruction: str = "instruction"
+    field_input: str | None = "input"
+    field_output: str = "output"
+    format: str = Field(description="prompt template with {instruction}, {input} and {system}")
+    no_input_format: str | None = None
+
+
 class DatasetSpec(_Strict):
     """One entry of ``datasets``, with Axolotl's per-dataset keys."""
 
     path: str
-    type: Literal["alpaca", "completion"] = "alpaca"
+    type: Literal["alpaca", "sharegpt", "chat_template", "completion"] | UserFormat = "alpaca"
     split: str = "train"
     name: str | None = None
     data_files: str | list[str] | None = None
     revision: str | None = None
     field: str | None = Field(None, description="text field for `completion`; default `text`")
+    # Conversations (`sharegpt`, `chat_template`), with Axolotl's chat_template keys.
+    field_messages: str | None = Field(None, description="default `conversations` (sharegpt), `messages`")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="default {role: from, content: value} (sharegpt), {role: role, content: content}"
+    )
+    chat_template: Literal["tokenizer_default", "chatml", "llama2"] | None = Field(
+        None, description="a named template; it wins over the tokenizer's own, as in Axolotl"
+    )
+    roles_to_train: list[str] = ["assistant"]
 
 
 class Params(_Strict):
@@ -84,6 +105,12 @@ class Params(_Strict):
     group_by_length: bool = False
     special_tokens: dict[str, str] | None = None
     tokens: list[str] | None = None
+    excess_length_strategy: Literal["drop", "truncate"] = "drop"
+    # --- data hygiene (tunebook) ---
+    dataset_bad_rows: Literal["error", "skip"] = "error"
+    dataset_decontamination: Literal["off", "report", "remove"] = "report"
+    dataset_decontamination_ngram: int = Field(13, ge=4)
+    dataset_decontamination_benchmarks: list[Literal[BENCHMARKS]] = ["humaneval", "mbpp"]  # type: ignore[valid-type]
 
     # --- adapter (Axolotl) ---
     adapter: Literal["lora", "qlora"] | None = None
@@ -163,6 +190,12 @@ class Params(_Strict):
     embedded_num_samples: int = Field(200, ge=10)
 
     _source: Path | None = PrivateAttr(None)
+
+    @field_validator("dataset_decontamination", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false.
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Params:
@@ -302,7 +335,6 @@ def validate_params(raw: dict[str, Any], source: Path | None = None) -> Params:
 
 # Axolotl keys this version reads but does not act on yet, and what happens instead.
 NOT_YET_HONOURED = {
-    "dataset_prepared_path": "prepared data is not cached between runs; every run prepares it",
     "lora_model_dir": "the adapter is trained from scratch, not from this folder",
     "early_stopping_patience": "training runs all its steps",
     "local_rank": "training runs in one process",

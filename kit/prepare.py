@@ -2,83 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from kit.formats import IGNORE_INDEX
 from kit.models import load_tokenizer, resolve_base_model, save_tokenizer
+from kit.packing import repack_rows
 from kit.params import EMBEDDED_DATASET, DatasetSpec, Params
+from kit.samples import collect_samples
+from kit.sources import load_source
 from kit.stage import write_manifest
 from kit.tracking import log_metrics
-
-IGNORE_INDEX = -100
-# Axolotl's alpaca prompts, word for word, so adapters trained here prompt the same way.
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def load_source(spec: DatasetSpec, params: Params):
-    """One ``datasets`` entry as a Dataset: the embedded set, a local file or folder, or the Hub."""
-    from datasets import load_dataset, load_from_disk
-
-    path = spec.path
-    if path == EMBEDDED_DATASET:
-        from kit.embedded import build_instruction_dataset
-
-        path = str(build_instruction_dataset(params))
-    local = Path(path).expanduser()
-    if local.is_file():
-        builder = LOCAL_BUILDERS.get(local.suffix)
-        if builder is None:
-            raise ValueError(f"datasets: {path}: unsupported file type {local.suffix!r} ({', '.join(LOCAL_BUILDERS)})")
-        field = spec.field if builder == "json" else None
-        return load_dataset(builder, data_files=str(local), split="train", field=field)
-    if local.is_dir() and (local / "dataset_info.json").exists():
-        return load_from_disk(str(local))
-    return load_dataset(
-        path,
-        name=spec.name,
-        split=spec.split,
-        data_files=spec.data_files,
-        revision=spec.revision,
-    )
-
-
-def render(example: dict[str, Any], spec: DatasetSpec) -> tuple[str, str]:
-    """(prompt, completion): the prompt is masked from the loss unless train_on_inputs."""
-    if spec.type == "alpaca":
-        template = ALPACA_WITH_INPUT if example.get("input") else ALPACA_NO_INPUT
-        return template.format(instruction=example["instruction"], input=example.get("input", "")), example["output"]
-    return "", example["text"]
-
-
-def tokenize(prompt: str, completion: str, tokenizer, train_on_inputs: bool) -> dict[str, list[int]]:
-    """Token ids of prompt + completion + EOS, with labels.
-
-    The whole text is tokenized once and the prompt found by character offsets: tokenizing the two
-    parts apart would change the tokens at the seam (SentencePiece prefixes each part with a space).
-    """
-    text = prompt + completion
-    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    input_ids = list(encoded["input_ids"]) + [tokenizer.eos_token_id]
-    labels = list(input_ids)
-    if not train_on_inputs:
-        for index, (start, end) in enumerate(encoded["offset_mapping"]):
-            if start < len(prompt) or end == 0:
-                labels[index] = IGNORE_INDEX
-    # The first token is never predicted within its sample; in a packed row it would be "predicted"
-    # from the previous sample's last token, so it is masked either way.
-    labels[0] = IGNORE_INDEX
-    return {"input_ids": input_ids, "labels": labels}
 
 
 def with_position_ids(row: dict[str, Any]) -> dict[str, Any]:
@@ -87,76 +26,157 @@ def with_position_ids(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:
+# Every key that changes the prepared rows; with the data, the tokenizer and PREPARE_VERSION it
+# makes the cache key of `dataset_prepared_path`.
+PREPARATION_KEYS = (
+    "datasets", "sequence_len", "sample_packing", "train_on_inputs", "val_set_size", "seed",
+    "excess_length_strategy", "dataset_bad_rows", "dataset_decontamination", "dataset_decontamination_ngram",
+    "dataset_decontamination_benchmarks",
+    "eval_mbpp_path", "special_tokens", "tokens", "embedded_num_samples",
+)
+# Bumped whenever preparation changes what it writes for the same inputs.
+PREPARE_VERSION = 1
+SUMMARY = "prepared.json"
+
+
+def _hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(spec: DatasetSpec, params: Params) -> str:
+    """The content of one dataset: its local files' bytes, or the Hub dataset's own fingerprint."""
+    if spec.path == EMBEDDED_DATASET:
+        from kit.embedded import build_instruction_dataset
+
+        return _hash_files([build_instruction_dataset(params)])
+    local = Path(spec.path).expanduser()
+    if local.is_file():
+        return _hash_files([local])
+    if local.is_dir():
+        return _hash_files(sorted(path for path in local.rglob("*") if path.is_file()))
+    # datasets fingerprints a Hub dataset from its downloaded files (and so from the revision).
+    return load_source(spec, params)._fingerprint
+
+
+def cache_key(params: Params, tokenizer_dir: Path) -> str:
+    resolved = params.resolved()
+    inputs = {key: resolved[key] for key in PREPARATION_KEYS}
+    inputs["data"] = [data_fingerprint(spec, params) for spec in params.datasets]
+    inputs["tokenizer"] = _hash_files(sorted(tokenizer_dir.iterdir()))
+    inputs["version"] = PREPARE_VERSION
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def pack_splits(splits, sequence_len: int):
+    """TRL's best-fit-decreasing packer (one batch holds a whole split, so its bins span all of it),
+    then the rows it left loose repacked (kit.packing)."""
     from datasets import Dataset, DatasetDict
     from trl import pack_dataset
 
-    base_model = resolve_base_model(params)
-    tokenizer = load_tokenizer(base_model, params)
-    tokenizer_dir = save_tokenizer(tokenizer, base_model, out_dir / "tokenizer")
+    packed = {}
+    for name, split in splits.items():
+        rows = pack_dataset(split, sequence_len, strategy="bfd", map_kwargs={"batch_size": max(1, len(split))})
+        rows = Dataset.from_list(repack_rows(rows.to_list(), sequence_len))
+        packed[name] = rows.map(with_position_ids).remove_columns("seq_lengths")
+    return DatasetDict(packed)
 
-    counts = {"loaded": 0, "empty": 0, "duplicates": 0, "too_long": 0}
-    samples, seen = [], set()
-    for spec in params.datasets:
-        source = load_source(spec, params)
-        counts["loaded"] += len(source)
-        for example in source:
-            prompt, completion = render(example, spec)
-            if not completion.strip():
-                counts["empty"] += 1
-                continue
-            if (prompt, completion) in seen:
-                counts["duplicates"] += 1
-                continue
-            seen.add((prompt, completion))
-            sample = tokenize(prompt, completion, tokenizer, params.train_on_inputs)
-            if len(sample["input_ids"]) > params.sequence_len:
-                counts["too_long"] += 1
-                continue
-            samples.append(sample)
+
+def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
+    """Rows into ``folder/dataset``; returns the summary (metrics, counts, lengths) written beside them."""
+    from datasets import Dataset, DatasetDict
+
+    from kit.decontaminate import build_index, contamination_report, find_contaminated
+
+    collected = collect_samples(params, tokenizer)
+    samples = collected.samples
+    contamination: dict[str, Any] = {"samples_contaminated": 0}
+    if params.dataset_decontamination != "off":
+        index = build_index(params)
+        matches = find_contaminated(collected.texts, index)
+        contamination = contamination_report(collected.texts, matches, index)
+        if params.dataset_decontamination == "remove":
+            samples = [sample for sample, matched in zip(samples, matches) if not matched]
     if not samples:
-        raise ValueError("datasets: no sample left after removing empty, duplicate and too long ones")
+        raise ValueError("datasets: no sample left after removing empty, duplicate, too long and contaminated ones")
 
-    dataset = Dataset.from_list(samples)
-    splits = DatasetDict({"train": dataset})
+    splits = DatasetDict({"train": Dataset.from_list(samples)})
     if params.val_set_size:
         test_size = int(params.val_set_size) if params.val_set_size >= 1 else params.val_set_size
-        split = dataset.train_test_split(test_size=test_size, seed=params.seed)
+        split = splits["train"].train_test_split(test_size=test_size, seed=params.seed)
         splits = DatasetDict({"train": split["train"], "validation": split["test"]})
-
-    train_samples = len(splits["train"])
-    real_tokens = sum(len(row) for row in splits["train"]["input_ids"])
+    sample_lengths = [len(row) for row in splits["train"]["input_ids"]]
+    num_val = len(splits["validation"]) if "validation" in splits else 0
     if params.sample_packing:
-        # TRL's best-fit-decreasing packer; one batch holds the whole split so bins span all of it.
-        splits = DatasetDict({
-            name: pack_dataset(
-                split, params.sequence_len, strategy="bfd", map_kwargs={"batch_size": max(1, len(split))}
-            ).map(with_position_ids).remove_columns("seq_lengths")
-            for name, split in splits.items()
-        })
-    dataset_dir = out_dir / "dataset"
-    splits.save_to_disk(str(dataset_dir))
+        splits = pack_splits(splits, params.sequence_len)
+    splits.save_to_disk(str(folder / "dataset"))
 
+    totals = collected.totals
     rows = len(splits["train"])
     metrics = {
-        "prepare/samples_loaded": counts["loaded"],
-        "prepare/dropped_empty": counts["empty"],
-        "prepare/dropped_duplicates": counts["duplicates"],
-        "prepare/dropped_too_long": counts["too_long"],
-        "prepare/train_samples": train_samples,
-        "prepare/validation_rows": len(splits["validation"]) if "validation" in splits else 0,
-        "prepare/train_rows": rows,
-        "prepare/train_tokens": real_tokens,
-        "prepare/packing_efficiency": real_tokens / (rows * params.sequence_len),
+        "prepare/num_samples": totals["loaded"],
+        "prepare/num_bad_rows": totals["bad_rows"],
+        "prepare/num_empty": totals["empty"],
+        "prepare/num_duplicates": totals["duplicates"],
+        "prepare/num_dropped_too_long": totals["too_long"],
+        "prepare/num_truncated": totals["truncated"],
+        "prepare/num_contaminated": contamination["samples_contaminated"],
+        "prepare/num_train": len(sample_lengths),
+        "prepare/num_val": num_val,
+        "prepare/train_tokens": sum(sample_lengths),
+        "prepare/num_packed_rows": rows if params.sample_packing else 0,
+        "prepare/packing_efficiency": sum(sample_lengths) / (rows * params.sequence_len),
     }
+    datasets = [{"path": spec.path, **counts} for spec, counts in zip(params.datasets, collected.counts)]
+    summary = {"metrics": metrics, "datasets": datasets, "contamination": contamination,
+               "sample_lengths": sample_lengths}
+    (folder / SUMMARY).write_text(json.dumps(summary))
+    return summary
+
+
+def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:
+    base_model = resolve_base_model(params)
+    tokenizer = load_tokenizer(base_model, params)
+    tokenizer_dir = save_tokenizer(tokenizer, base_model, out_dir / "tokenizer").resolve()
+
+    if params.dataset_prepared_path:
+        key = cache_key(params, tokenizer_dir)
+        folder = (Path(params.dataset_prepared_path) / key).resolve()
+        cache_hit = (folder / SUMMARY).exists()
+        if cache_hit:
+            print(f"prepared data loaded from {folder} (same data, tokenizer and params)")
+        else:
+            # Built aside and renamed into place: an interrupted prepare never leaves a cache entry.
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-"))
+            try:
+                _build(params, tokenizer, staging)
+                staging.rename(folder)
+            except OSError:
+                if not (folder / SUMMARY).exists():  # not just another run finishing the same build first
+                    raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        summary = json.loads((folder / SUMMARY).read_text())
+    else:
+        folder, cache_hit = out_dir.resolve(), False
+        summary = _build(params, tokenizer, folder)
+
+    metrics = {**summary["metrics"], "prepare/cache_hit": float(cache_hit)}
     log_metrics(metrics)
     return write_manifest(
         out_dir,
         "prepare",
         inputs={"datasets": [spec.model_dump() for spec in params.datasets], "base_model": base_model},
         outputs={
-            "dataset_dir": str(dataset_dir.resolve()),
-            "tokenizer_dir": str(tokenizer_dir.resolve()),
+            "dataset_dir": str(folder / "dataset"),
+            "summary": str(folder / SUMMARY),
+            "tokenizer_dir": str(tokenizer_dir),
             "base_model": base_model,
             "packed": params.sample_packing,
         },
@@ -164,24 +184,72 @@ def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) ->
     )
 
 
-def show_row(prepared: dict[str, Any], params: Params, index: int = 0, split: str = "train"):
-    """One prepared row split into its samples: masked (prompt) and trained (response) text of each."""
-    import pandas as pd
+def _row_samples(prepared: dict[str, Any], params: Params, index: int, split: str):
+    """The samples of one prepared row, each as (token ids, labels), and the tokenizer to read them."""
     from datasets import load_from_disk
-
-    from kit.models import load_tokenizer
 
     row = load_from_disk(prepared["outputs"]["dataset_dir"])[split][index]
     tokenizer = load_tokenizer(prepared["outputs"]["tokenizer_dir"], params)
     positions = row.get("position_ids") or list(range(len(row["input_ids"])))
     starts = [at for at, position in enumerate(positions) if position == 0] + [len(positions)]
-    samples = []
-    for start, end in itertools.pairwise(starts):
-        ids, labels = row["input_ids"][start:end], row["labels"][start:end]
-        samples.append({
+    samples = [
+        (row["input_ids"][start:end], row["labels"][start:end]) for start, end in itertools.pairwise(starts)
+    ]
+    return samples, tokenizer
+
+
+def show_row(prepared: dict[str, Any], params: Params, index: int = 0, split: str = "train"):
+    """One prepared row split into its samples: masked (prompt) and trained (response) text of each."""
+    import pandas as pd
+
+    samples, tokenizer = _row_samples(prepared, params, index, split)
+    table = [
+        {
             "tokens": len(ids),
             "trained tokens": sum(label != IGNORE_INDEX for label in labels),
             "masked (prompt)": tokenizer.decode([i for i, lab in zip(ids, labels) if lab == IGNORE_INDEX]),
             "trained (response)": tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]),
-        })
-    return pd.DataFrame(samples).rename_axis("sample in row")
+        }
+        for ids, labels in samples
+    ]
+    return pd.DataFrame(table).rename_axis("sample in row")
+
+
+def show_masking(prepared: dict[str, Any], params: Params, index: int = 0, split: str = "train"):
+    """The first sample of a row token by token: masked tokens grey and struck through, trained ones bold."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    samples, tokenizer = _row_samples(prepared, params, index, split)
+    ids, labels = samples[0]
+    # Each token's text as the difference of decoded prefixes: decoding one SentencePiece token
+    # alone drops its leading space.
+    decoded = [tokenizer.decode(ids[:end]) for end in range(len(ids) + 1)]
+    spans = []
+    for end, label in enumerate(labels, start=1):
+        text = escape(decoded[end][len(decoded[end - 1]):])
+        style = "color:#999;text-decoration:line-through" if label == IGNORE_INDEX else "font-weight:bold"
+        spans.append(f'<span style="{style}">{text}</span>')
+    return HTML(f'<pre style="white-space:pre-wrap">{"".join(spans)}</pre>')
+
+
+def dataset_counts(prepared: dict[str, Any]):
+    """Per dataset: rows loaded, dropped for each reason, kept."""
+    import pandas as pd
+
+    summary = json.loads(Path(prepared["outputs"]["summary"]).read_text())
+    return pd.DataFrame(summary["datasets"]).set_index("path")
+
+
+def contamination(prepared: dict[str, Any]) -> dict[str, Any]:
+    """The decontamination report: benchmarks checked or skipped, contaminated samples, examples."""
+    return json.loads(Path(prepared["outputs"]["summary"]).read_text())["contamination"]
+
+
+def sample_lengths(prepared: dict[str, Any]):
+    """Token length of every training sample (before packing), for a histogram."""
+    import pandas as pd
+
+    summary = json.loads(Path(prepared["outputs"]["summary"]).read_text())
+    return pd.Series(summary["sample_lengths"], name="tokens per sample")

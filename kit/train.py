@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from kit.formats import IGNORE_INDEX
 from kit.models import load_causal_lm, load_tokenizer, save_tokenizer
 from kit.params import PAGED_OPTIMIZERS, Params
-from kit.prepare import IGNORE_INDEX
 from kit.stage import write_manifest
 from kit.tracking import log_metrics
 

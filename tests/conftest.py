@@ -27,4 +27,4 @@ def isolated_tracking(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture()
 def smoke_params(tmp_path: Path) -> Params:
     """The embedded default, writing into this test's folder."""
-    return load_params(SMOKE, [f"output_dir={tmp_path / 'out'}"])
+    return load_params(SMOKE, [f"output_dir={tmp_path / 'out'}", f"dataset_prepared_path={tmp_path / 'prepared'}"])

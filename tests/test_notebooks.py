@@ -38,7 +38,10 @@ def test_notebooks_run_alone_with_plain_papermill(tmp_path):
         papermill.execute_notebook(
             str(ROOT / "notebooks" / NOTEBOOKS[stage]),
             str(tmp_path / NOTEBOOKS[stage]),
-            parameters={"params_file": str(SMOKE), "overrides": [f"output_dir={out}", "max_steps=4"]},
+            parameters={
+                "params_file": str(SMOKE),
+                "overrides": [f"output_dir={out}", f"dataset_prepared_path={tmp_path / 'prepared'}", "max_steps=4"],
+            },
             kernel_name="python3",
             progress_bar=False,
             cwd=os.getcwd(),
@@ -53,8 +56,8 @@ def test_prepare_notebook_runs_alone(tmp_path):
     papermill.execute_notebook(
         str(ROOT / "notebooks" / NOTEBOOKS["prepare"]),
         str(tmp_path / NOTEBOOKS["prepare"]),
-        parameters={"params_file": str(SMOKE), "overrides": [f"output_dir={tmp_path}"]},
+        parameters={"params_file": str(SMOKE), "overrides": [f"output_dir={tmp_path}", "dataset_prepared_path=null"]},
         kernel_name="python3",
         progress_bar=False,
     )
-    assert read_manifest(tmp_path / "interactive", "prepare")["metrics"]["prepare/train_rows"] > 0
+    assert read_manifest(tmp_path / "interactive", "prepare")["metrics"]["prepare/num_packed_rows"] > 0

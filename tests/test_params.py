@@ -66,10 +66,10 @@ def test_overrides_are_yaml_values_and_validated():
 
 def test_keys_this_machine_cannot_honour_warn_naming_the_key():
     params = load_params(SMOKE, ["flash_attention=true", "optimizer=paged_adamw_32bit", "wandb_project=x",
-                                 "deepspeed=ds.json", "hub_model_id=me/model", "dataset_prepared_path=prepared"])
+                                 "deepspeed=ds.json", "hub_model_id=me/model", "lora_model_dir=adapter"])
     warnings = "\n".join(environment_warnings(params))
     for key in ("flash_attention", "optimizer: paged_adamw_32bit", "wandb_project", "deepspeed", "hub_model_id",
-                "dataset_prepared_path"):
+                "lora_model_dir"):
         assert key in warnings
 
 

@@ -3,39 +3,45 @@
 from __future__ import annotations
 
 import itertools
+import json
 
+import pytest
 import torch
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import pack_dataset
 
+from kit.formats import IGNORE_INDEX, render, tokenize
 from kit.models import load_tokenizer, resolve_base_model
-from kit.params import DatasetSpec
-from kit.prepare import IGNORE_INDEX, render, run_prepare, tokenize, with_position_ids
+from kit.params import DatasetSpec, load_params
+from kit.prepare import pack_splits, run_prepare
+
+from .conftest import SMOKE
 
 
 def test_alpaca_prompt_is_axolotls_text():
-    prompt, completion = render({"instruction": "Add.", "input": "", "output": "x + 1"}, DatasetSpec(path="d"))
+    (prompt, masked), (completion, trained) = render({"instruction": "Add.", "input": "", "output": "x + 1"},
+                                                     DatasetSpec(path="d"))
     assert prompt == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\nAdd.\n\n### Response:\n"
     )
-    assert completion == "x + 1"
-    prompt, _ = render({"instruction": "Add.", "input": "2", "output": "3"}, DatasetSpec(path="d"))
+    assert (completion, masked, trained) == ("x + 1", False, True)
+    (prompt, _), _ = render({"instruction": "Add.", "input": "2", "output": "3"}, DatasetSpec(path="d"))
     assert "paired with an input" in prompt and prompt.endswith("### Input:\n2\n\n### Response:\n")
 
 
 def test_loss_masks_the_prompt_and_trains_the_response_and_eos(smoke_params):
     tokenizer = load_tokenizer(resolve_base_model(smoke_params), smoke_params)
     prompt, completion = "### Instruction:\nAdd one.\n\n### Response:\n", "def f(x):\n    return x + 1\n"
-    sample = tokenize(prompt, completion, tokenizer, train_on_inputs=False)
+    sample = tokenize([(prompt, False), (completion, True)], tokenizer, train_on_inputs=False)
     trained = [token for token, label in zip(sample["input_ids"], sample["labels"]) if label != IGNORE_INDEX]
     assert sample["input_ids"][0] == tokenizer.bos_token_id and sample["input_ids"][-1] == tokenizer.eos_token_id
     assert trained[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(trained[:-1]).strip() == completion.strip()
-    everything = tokenize(prompt, completion, tokenizer, train_on_inputs=True)
+    everything = tokenize([(prompt, False), (completion, True)], tokenizer, train_on_inputs=True)
     assert everything["labels"][1:] == everything["input_ids"][1:] and everything["labels"][0] == IGNORE_INDEX
 
 
@@ -44,15 +50,18 @@ def test_loss_masks_the_prompt_and_trains_the_response_and_eos(smoke_params):
 def test_packing_keeps_every_sample_whole_once_within_the_row_length(lengths):
     samples = [[index] * length for index, length in enumerate(lengths)]
     dataset = Dataset.from_dict({"input_ids": samples, "labels": samples})
-    packed = pack_dataset(dataset, 64, strategy="bfd", map_kwargs={"batch_size": len(dataset)}).map(with_position_ids)
+    packed = pack_splits(DatasetDict({"train": dataset}), 64)["train"]
+    trl_rows = pack_dataset(dataset, 64, strategy="bfd", map_kwargs={"batch_size": len(dataset)})
     seen = []
     for row in packed:
         assert len(row["input_ids"]) <= 64 and len(row["position_ids"]) == len(row["input_ids"])
+        assert row["labels"] == row["input_ids"]
         starts = [at for at, position in enumerate(row["position_ids"]) if position == 0] + [len(row["input_ids"])]
         seen += [row["input_ids"][start:end] for start, end in itertools.pairwise(starts)]
+        for start, end in itertools.pairwise(starts):
+            assert row["position_ids"][start:end] == list(range(end - start))
     assert sorted(seen) == sorted(samples)
-    # Best fit decreasing never needs more rows than twice the optimum's lower bound.
-    assert len(packed) <= 2 * -(-sum(lengths) // 64)
+    assert len(packed) <= len(trl_rows)
 
 
 def _tiny_llama():
@@ -83,11 +92,59 @@ def test_run_prepare_writes_packed_rows_and_counts(smoke_params, tmp_path):
     metrics = manifest["metrics"]
     splits = load_from_disk(manifest["outputs"]["dataset_dir"])
     assert set(splits) == {"train", "validation"}
-    assert metrics["prepare/samples_loaded"] == smoke_params.embedded_num_samples
-    assert metrics["prepare/train_rows"] == len(splits["train"]) < metrics["prepare/train_samples"]
+    assert metrics["prepare/num_samples"] == smoke_params.embedded_num_samples
+    assert metrics["prepare/num_packed_rows"] == len(splits["train"]) < metrics["prepare/num_train"]
     assert 0.5 < metrics["prepare/packing_efficiency"] <= 1.0
     row = splits["train"][0]
     assert len(row["input_ids"]) <= smoke_params.sequence_len
     assert row["position_ids"].count(0) >= 2
     assert (tmp_path / "prepare" / "manifest.json").exists()
     assert (tmp_path / "prepare" / "tokenizer" / "tokenizer.model").exists()
+
+
+def _alpaca_file(path, rows: int):
+    path.write_text("".join(
+        json.dumps({"instruction": f"Return {n} squared.", "input": "", "output": f"def f():\n    return {n} ** 2\n"})
+        + "\n" for n in range(rows)
+    ))
+    return path
+
+
+def test_prepared_rows_are_cached_by_data_tokenizer_and_params(tmp_path, monkeypatch):
+    data = _alpaca_file(tmp_path / "data.jsonl", 30)
+    overrides = [f"dataset_prepared_path={tmp_path / 'cache'}", f"datasets=[{{path: {data}, type: alpaca}}]",
+                 "dataset_decontamination=off"]
+    params = load_params(SMOKE, overrides)
+    first = run_prepare(params, None, tmp_path / "a")
+    again = run_prepare(params, None, tmp_path / "b")
+    assert (first["metrics"]["prepare/cache_hit"], again["metrics"]["prepare/cache_hit"]) == (0.0, 1.0)
+    assert first["outputs"]["dataset_dir"] == again["outputs"]["dataset_dir"]
+    assert {k: v for k, v in first["metrics"].items() if k != "prepare/cache_hit"} == {
+        k: v for k, v in again["metrics"].items() if k != "prepare/cache_hit"}
+
+    other_params = run_prepare(load_params(SMOKE, [*overrides, "sequence_len=128"]), None, tmp_path / "c")
+    assert other_params["metrics"]["prepare/cache_hit"] == 0.0
+    _alpaca_file(data, 31)
+    other_data = run_prepare(params, None, tmp_path / "d")
+    assert other_data["metrics"]["prepare/cache_hit"] == 0.0
+    assert other_data["metrics"]["prepare/num_samples"] == 31
+    assert len({first["outputs"]["dataset_dir"], other_params["outputs"]["dataset_dir"],
+                other_data["outputs"]["dataset_dir"]}) == 3
+
+
+def test_an_interrupted_prepare_leaves_no_cache_entry(tmp_path, monkeypatch):
+    import kit.prepare
+
+    data = _alpaca_file(tmp_path / "data.jsonl", 20)
+    params = load_params(SMOKE, [f"dataset_prepared_path={tmp_path / 'cache'}",
+                                 f"datasets=[{{path: {data}, type: alpaca}}]", "dataset_decontamination=off"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kit.prepare, "pack_splits", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(params, None, tmp_path / "a")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+    assert run_prepare(params, None, tmp_path / "b")["metrics"]["prepare/cache_hit"] == 0.0

