@@ -14,11 +14,10 @@ COUNT_KEYS = ("loaded", "bad_rows", "empty", "duplicates", "too_long", "truncate
 
 @dataclass
 class SampleSet:
-    """The kept samples in dataset order, each with its rendered text and its dataset's index."""
+    """The kept samples in dataset order, each with its rendered text, and per-dataset counts."""
 
     samples: list[dict[str, list[int]]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    origins: list[int] = field(default_factory=list)
     counts: list[dict[str, int]] = field(default_factory=list)
 
     @property
@@ -37,7 +36,7 @@ def collect_samples(params: Params, tokenizer) -> SampleSet:
     """
     collected = SampleSet()
     seen: set[str] = set()
-    for origin, spec in enumerate(params.datasets):
+    for spec in params.datasets:
         counts = dict.fromkeys(COUNT_KEYS, 0)
         collected.counts.append(counts)
         for place, values in iter_rows(spec, params):
@@ -71,5 +70,4 @@ def collect_samples(params: Params, tokenizer) -> SampleSet:
             counts["kept"] += 1
             collected.samples.append(sample)
             collected.texts.append(text)
-            collected.origins.append(origin)
     return collected

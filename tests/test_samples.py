@@ -54,7 +54,6 @@ def test_empty_duplicate_and_too_long_rows_are_dropped_and_counted(tmp_path, tok
     kept = [render(rows[0], DatasetSpec(path="d")), render(rows[5], DatasetSpec(path="d"))]
     assert collected.samples == [tokenize(segments, tokenizer) for segments in kept]
     assert collected.texts == ["".join(text for text, _ in segments) for segments in kept]
-    assert collected.origins == [0, 0]
 
 
 def test_truncate_cuts_a_long_sample_to_sequence_len(tmp_path, tokenizer):
@@ -83,7 +82,6 @@ def test_datasets_are_collected_in_order_with_duplicates_found_across_them(tmp_p
     params = params_for(tmp_path, [{"path": str(folder)}, {"path": str(tmp_path / "more.csv")}])
     collected = collect_samples(params, tokenizer)
     assert collected.counts == [counts(loaded=2, kept=2), counts(loaded=2, duplicates=1, kept=1)]
-    assert collected.origins == [0, 0, 1]
     assert [text.split("### Instruction:\n")[1].split("\n")[0] for text in collected.texts] == [
         "Task 1.", "Task 2.", "Task 3."]
     assert collected.totals == counts(loaded=4, duplicates=1, kept=3)
@@ -158,6 +156,6 @@ def test_every_row_is_kept_or_counted_once_under_its_reason(tmp_path_factory, to
             expected["kept"] += 1
         seen.add((kind, n))
     assert collected.counts == [expected]
-    assert len(collected.samples) == len(collected.texts) == len(collected.origins) == expected["kept"]
+    assert len(collected.samples) == len(collected.texts) == expected["kept"]
     for sample in collected.samples:
         assert len(sample["input_ids"]) <= 128 and any(label != IGNORE_INDEX for label in sample["labels"])
