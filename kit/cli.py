@@ -1,4 +1,4 @@
-"""The `kit` command: validate a params file, run the pipeline."""
+"""The `kit` command: validate a params file, run the pipeline, ask the trained model."""
 
 from __future__ import annotations
 
@@ -37,6 +37,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from kit.generate import generate_answers
+    from kit.stage import read_manifest, resolve_run_dir
+
+    params = load_params(args.params, args.set)
+    run_dir = resolve_run_dir(params, args.run_dir)
+    trained = read_manifest(run_dir, "train")
+    if trained is None:
+        # Answering with the untrained base instead would pass its text off as the fine-tune's.
+        print(
+            f"error: no trained model in {run_dir / 'train'}: train first (kit run {args.params} "
+            "--stages prepare,train, or notebooks/02_train.ipynb), or name its run folder with --run-dir",
+            file=sys.stderr,
+        )
+        return 2
+    max_new_tokens = args.max_new_tokens or params.eval_max_new_tokens
+    print(generate_answers(params, trained, [args.prompt], max_new_tokens)[0])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kit", description="tunebook: fine-tune code LLMs, notebook by notebook.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     run.set_defaults(handler=_run)
+
+    generate = commands.add_parser("generate", help="answer a prompt with the trained model, greedily")
+    generate.add_argument("params", help="params YAML file")
+    generate.add_argument("--prompt", required=True, help="the instruction, wrapped in the training prompt format")
+    generate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    generate.add_argument("--run-dir", default="", help="run folder holding train/ (default: OUTPUT_DIR/interactive)")
+    generate.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval_max_new_tokens")
+    generate.set_defaults(handler=_generate)
     return parser
 
 

@@ -75,7 +75,7 @@ def _generation_config(params: Params, tokenizer):
     )
 
 
-def _continuation(tokenizer, sequence, prompt_length: int) -> str:
+def decoded_continuation(tokenizer, sequence, prompt_length: int) -> str:
     # Decoding the new tokens alone would lose the space SentencePiece strips from the start of a
     # text: one column of the first line's indentation. Decode all and cut off the decoded prompt.
     text = tokenizer.decode(sequence, skip_special_tokens=True)
@@ -106,7 +106,7 @@ def generate_completions(model, tokenizer, problems: list[Problem], params: Para
                 stopping_criteria=_stop_criteria(tokenizer, prompt_length, stops),
             )
         for row, index in enumerate(batch):
-            completion = _continuation(tokenizer, output[row], prompt_length)
+            completion = decoded_continuation(tokenizer, output[row], prompt_length)
             completions[index] = truncate_at_stop(completion, requests[index].stop_sequences)
     n = params.eval_num_samples
     return [completions[start : start + n] for start in range(0, len(completions), n)]

@@ -171,7 +171,7 @@ def _conversation(row: Mapping[str, Any], spec: DatasetSpec, tokenizer) -> list[
 
     # The tokenizer adds its BOS itself; a template that writes one too would double it.
     bos = tokenizer.bos_token
-    start = len(bos) if bos and full.startswith(bos) and _adds_bos(tokenizer) else 0
+    start = len(bos) if bos and full.startswith(bos) and tokenizer_adds_bos(tokenizer) else 0
     segments, cursor = [], start
     for span_start, span_end in spans:
         segments += [(full[cursor:span_start], False), (full[max(span_start, cursor) : span_end], True)]
@@ -180,7 +180,7 @@ def _conversation(row: Mapping[str, Any], spec: DatasetSpec, tokenizer) -> list[
     return [(text, trained) for text, trained in segments if text]
 
 
-def _adds_bos(tokenizer) -> bool:
+def tokenizer_adds_bos(tokenizer) -> bool:
     return tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
 
 

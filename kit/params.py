@@ -139,7 +139,9 @@ class Params(_Strict):
     tf32: bool = False
     gradient_checkpointing: bool = False
     early_stopping_patience: int | None = Field(None, ge=1)
-    resume_from_checkpoint: str | None = None
+    resume_from_checkpoint: str | None = Field(
+        None, description="a checkpoint folder, or `auto` for the newest under <run>/train/checkpoints"
+    )
     logging_steps: int | None = Field(None, ge=1)
     eval_steps: float | None = Field(None, gt=0)
     save_strategy: Literal["no", "steps", "epoch"] | None = None

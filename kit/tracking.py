@@ -104,3 +104,13 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log to the active stage run; outside one (a bare function call in a test) there is nothing to log to."""
     if mlflow.active_run() is not None and metrics:
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_artifact(path: Path, artifact_path: str) -> None:
+    """A file or folder into the active stage run; outside one there is nothing to log to."""
+    if mlflow.active_run() is None:
+        return
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import resource
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +17,19 @@ from kit.formats import IGNORE_INDEX
 from kit.models import load_causal_lm, load_tokenizer, save_tokenizer
 from kit.params import PAGED_OPTIMIZERS, Params
 from kit.stage import write_manifest
-from kit.tracking import log_metrics
+from kit.tracking import log_artifact, log_metrics
+
+CHECKPOINTS = "checkpoints"
+# Written last into a checkpoint folder: a folder without it was cut short while saving.
+CHECKPOINT_COMPLETE = "trainer_state.json"
+REAL_TOKENS = "num_real_tokens"
 
 
 class PackedRowsCollator:
     """Pads a batch of rows. Packed rows get no attention mask at all.
+
+    ``num_real_tokens`` (tokens before padding, per row) is for counting; the trainer takes it out
+    before the model sees the batch.
 
     Samples in a packed row are kept apart by position_ids restarting at each sample; SDPA and
     eager attention honour that only when attention_mask is None (an all-ones mask silently lets
@@ -31,9 +43,10 @@ class PackedRowsCollator:
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
-        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        batch: dict[str, list] = {"input_ids": [], "labels": [], REAL_TOKENS: []}
         batch["position_ids" if self.packed else "attention_mask"] = []
         for row in rows:
+            batch[REAL_TOKENS].append(len(row["input_ids"]))
             padding = width - len(row["input_ids"])
             batch["input_ids"].append(row["input_ids"] + [self.pad_token_id] * padding)
             batch["labels"].append(row["labels"] + [IGNORE_INDEX] * padding)
@@ -78,19 +91,92 @@ def _build_model(params: Params, base_model: str, tokenizer):
     return get_peft_model(model, config)
 
 
-def run_train(params: Params, prepared: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def newest_checkpoint(folder: Path) -> str | None:
+    """The complete checkpoint of the highest step under ``folder``, if any."""
+    steps = {}
+    for path in folder.glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / CHECKPOINT_COMPLETE).is_file():
+            steps[int(match.group(1))] = path
+    return str(steps[max(steps)].resolve()) if steps else None
+
+
+def resume_checkpoint(params: Params, checkpoints: Path) -> str | None:
+    """The checkpoint the run continues from: the params' path, the newest one for ``auto``, or none."""
+    if params.resume_from_checkpoint != "auto":
+        return params.resume_from_checkpoint
+    newest = newest_checkpoint(checkpoints)
+    if newest is None:
+        print(f"resume_from_checkpoint: auto: no checkpoint under {checkpoints}; starting fresh")
+    return newest
+
+
+def peak_memory_mb() -> float:
+    """CUDA's peak allocation where training ran on a GPU, else this process's peak resident memory."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _make_trainer(**kwargs):
+    from transformers import Trainer, TrainerCallback
+
+    class CountingTrainer(Trainer):
+        """Counts real (unpadded) tokens into the trainer state, which checkpoints keep across a resume."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            inputs = dict(inputs)
+            self.state.num_input_tokens_seen += int(inputs.pop(REAL_TOKENS).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = {key: value for key, value in inputs.items() if key != REAL_TOKENS}
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    class MlflowLogging(TrainerCallback):
+        """train/* and eval/* metrics at their step, into the stage's MLflow run, with throughput."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.tokens, self.time = state.num_input_tokens_seen, time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            renamed = {}
+            for key, value in (logs or {}).items():
+                if key in ("loss", "learning_rate", "grad_norm"):
+                    renamed[f"train/{key}"] = value
+                elif key == "eval_loss":
+                    renamed["eval/loss"] = value
+            if "loss" in (logs or {}):
+                now = time.perf_counter()
+                renamed["train/tokens_per_second"] = (state.num_input_tokens_seen - self.tokens) / (now - self.time)
+                self.tokens, self.time = state.num_input_tokens_seen, now
+            log_metrics(renamed, step=state.global_step)
+
+    trainer = CountingTrainer(**kwargs)
+    trainer.add_callback(MlflowLogging())
+    return trainer
+
+
+def run_train(
+    params: Params, prepared: dict[str, Any], out_dir: Path, callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Train on the prepared rows; ``callbacks`` are extra transformers TrainerCallbacks."""
     from datasets import load_from_disk
-    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     set_seed(params.seed)
     outputs = prepared["outputs"]
     tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
     splits = load_from_disk(outputs["dataset_dir"])
     model = _build_model(params, outputs["base_model"], tokenizer)
+    checkpoints = out_dir / CHECKPOINTS
+    resumed_from = resume_checkpoint(params, checkpoints)
 
     has_validation = "validation" in splits
     arguments = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(checkpoints),
         per_device_train_batch_size=params.micro_batch_size,
         per_device_eval_batch_size=params.micro_batch_size,
         gradient_accumulation_steps=params.gradient_accumulation_steps,
@@ -122,49 +208,45 @@ def run_train(params: Params, prepared: dict[str, Any], out_dir: Path) -> dict[s
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
-
-    class MlflowLogging(TrainerCallback):
-        """train/* and eval/* metrics at their step, into the stage's MLflow run."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            renamed = {}
-            for key, value in (logs or {}).items():
-                if key in ("loss", "learning_rate", "grad_norm"):
-                    renamed[f"train/{key}"] = value
-                elif key == "eval_loss":
-                    renamed["eval/loss"] = value
-            log_metrics(renamed, step=state.global_step)
-
-    trainer = Trainer(
+    trainer = _make_trainer(
         model=model,
         args=arguments,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"] if has_validation else None,
         data_collator=PackedRowsCollator(tokenizer.pad_token_id, packed=outputs["packed"]),
-        callbacks=[MlflowLogging()],
+        callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=params.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resumed_from)
     seconds = time.perf_counter() - started
 
-    # Real (unpadded) tokens seen: rows are drawn evenly, so the mean row length times rows seen.
-    mean_row_tokens = sum(len(row) for row in splits["train"]["input_ids"]) / len(splits["train"])
-    rows_seen = result.global_step * params.effective_batch_size
+    history = trainer.state.log_history
     metrics = {
-        "train/final_loss": result.training_loss,
-        "train/steps": result.global_step,
-        "train/train_seconds": seconds,
-        "train/tokens_per_second": rows_seen * mean_row_tokens / seconds,
+        # The last logged loss: the log history comes back with a checkpoint, so a resumed run has it too.
+        "train/final_loss": [entry["loss"] for entry in history if "loss" in entry][-1],
+        "train/steps": trainer.state.global_step,
+        "train/runtime_seconds": seconds,
+        "train/total_tokens": trainer.state.num_input_tokens_seen,
+        "train/peak_memory_mb": peak_memory_mb(),
     }
     if has_validation:
-        metrics["eval/final_loss"] = trainer.evaluate()["eval_loss"]
+        evaluated = [entry for entry in history if "eval_loss" in entry]
+        # No second pass over the validation split when the last step already evaluated it.
+        if evaluated and evaluated[-1]["step"] == trainer.state.global_step:
+            metrics["eval/final_loss"] = evaluated[-1]["eval_loss"]
+        else:
+            metrics["eval/final_loss"] = trainer.evaluate()["eval_loss"]
     log_metrics(metrics)
 
     log_history = out_dir / "log_history.json"
-    log_history.write_text(json.dumps(trainer.state.log_history, indent=1))
+    log_history.write_text(json.dumps(history, indent=1))
     weights_dir = out_dir / ("adapter" if params.adapter else "model")
     trainer.model.save_pretrained(str(weights_dir))
     save_tokenizer(tokenizer, outputs["tokenizer_dir"], weights_dir)
+    figure = plot_losses(_loss_table(history), out_dir / "loss.png")
+    log_artifact(figure, "figures")
+    if params.adapter:  # a fully fine-tuned model is too big to copy into the tracking store
+        log_artifact(weights_dir, "adapter")
     return write_manifest(
         out_dir,
         "train",
@@ -176,16 +258,38 @@ def run_train(params: Params, prepared: dict[str, Any], out_dir: Path) -> dict[s
             "tokenizer_dir": str(weights_dir.resolve()),
             "adapter": params.adapter,
             "log_history": str(log_history.resolve()),
+            "resumed_from": resumed_from,
         },
         metrics=metrics,
     )
 
 
-def loss_curves(trained: dict[str, Any]):
-    """Train and eval loss by step, from the trainer's log, as a table a notebook can plot."""
+def _loss_table(history: list[dict[str, Any]]):
     import pandas as pd
 
-    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
     train = {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
     evaluation = {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
     return pd.DataFrame({"train/loss": pd.Series(train), "eval/loss": pd.Series(evaluation)}).rename_axis("step")
+
+
+def loss_curves(trained: dict[str, Any]):
+    """Train and eval loss by step, from the trainer's log, as a table a notebook can plot."""
+    return _loss_table(json.loads(Path(trained["outputs"]["log_history"]).read_text()))
+
+
+def plot_losses(curves, path: Path) -> Path:
+    """The loss curves as a PNG, drawn without pyplot so no GUI backend or global figure state is involved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for column in curves.columns:
+        points = curves[column].dropna()
+        axes.plot(points.index, points.values, marker=".", label=column)
+    axes.set(xlabel="step", ylabel="loss")
+    axes.grid(True)
+    axes.legend()
+    figure.savefig(path, dpi=100)
+    return path

@@ -166,13 +166,13 @@ def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_completions_keep_the_first_lines_indentation(embedded_model: Path, smoke_params: Params) -> None:
-    from kit.evaluate import _continuation
+    from kit.evaluate import decoded_continuation
     from kit.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(embedded_model), smoke_params)
     prompt = tokenizer("def f(x):\n")["input_ids"]
     completion = tokenizer("    return x\n", add_special_tokens=False)["input_ids"]
-    assert _continuation(tokenizer, prompt + completion, len(prompt)) == "    return x\n"
+    assert decoded_continuation(tokenizer, prompt + completion, len(prompt)) == "    return x\n"
 
 
 def test_generation_stops_each_row_at_its_own_stop_sequence(

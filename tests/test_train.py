@@ -1,22 +1,99 @@
-"""Train: QLoRA for real on a 4-bit NF4 base, and packed batches that train as unpacked ones do."""
+"""Train: QLoRA on a 4-bit NF4 base, packed batches, resume after a kill, loss normalisation, tracking.
+
+Golden losses: ``tests/golden/train_losses.json`` holds the first logged losses of the reference run
+(params/smoke.yaml with REFERENCE overrides) and the environment they were recorded in; they are
+compared only under the same versions. To re-record them after an intended change or an upgrade:
+``TUNEBOOK_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_train.py -k golden``.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import os
+import platform
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import bitsandbytes as bnb
+import mlflow
+import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
+from kit import tracking
 from kit.formats import IGNORE_INDEX
 from kit.models import load_tokenizer
 from kit.params import load_params
 from kit.prepare import run_prepare
 from kit.train import PackedRowsCollator, _build_model, optimizer_name, run_train
 
-from .conftest import SMOKE
+from .conftest import ROOT, SMOKE
+
+# The smoke run, checkpointing every 5 steps so that a run killed after step 15 can resume in its second epoch.
+REFERENCE = ["save_strategy=steps", "save_steps=5"]
+KILL_AFTER_STEP = 15
+GOLDEN = Path(__file__).parent / "golden" / "train_losses.json"
+GOLDEN_STEPS = 5
+GOLDEN_TOLERANCE = 1e-4
+GOLDEN_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """SIGKILLs the training process right after the checkpoint of ``step`` is written: no cleanup runs."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WeightSnapshots(TrainerCallback):
+    """The model's state dict (4-bit base weights and their quantization state included) before and after training."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def smoke(folder: Path, overrides: list[str]):
+    return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
+
+
+def logged_losses(trained) -> list[float]:
+    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def prepared(folder):
+    # The overrides used in this file change no preparation key, so every run trains on these rows.
+    return run_prepare(smoke(folder, []), None, folder / "prepare")
+
+
+@pytest.fixture(scope="module")
+def reference(folder, prepared):
+    """The uninterrupted 20-step smoke run, in an MLflow run, with the model's weights before and after."""
+    params = smoke(folder, REFERENCE)
+    tracking.configure(params)
+    snapshots = WeightSnapshots()
+    with mlflow.start_run() as run:
+        trained = run_train(params, prepared, folder / "reference", callbacks=[snapshots])
+    return trained, snapshots, run.info.run_id
 
 
 def test_qlora_puts_lora_on_a_4bit_base_and_trains_only_the_adapter(smoke_params):
@@ -31,17 +108,129 @@ def test_qlora_puts_lora_on_a_4bit_base_and_trains_only_the_adapter(smoke_params
     assert trainable and all("lora_" in name for name in trainable)
 
 
-def test_run_train_fits_the_adapter_and_logs_its_curves(tmp_path):
-    params = load_params(SMOKE, [f"output_dir={tmp_path}", "max_steps=12", "eval_steps=6", "logging_steps=2"])
-    trained = run_train(params, run_prepare(params, None, tmp_path / "prepare"), tmp_path / "train")
-    outputs, metrics = trained["outputs"], trained["metrics"]
-    assert (tmp_path / "train" / "adapter" / "adapter_model.safetensors").exists()
-    assert (tmp_path / "train" / "adapter" / "tokenizer.model").exists()
-    assert metrics["train/steps"] == 12 and math.isfinite(metrics["train/final_loss"])
-    history = json.loads(Path(outputs["log_history"]).read_text())
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert len(losses) == 6 and losses[-1] < losses[0]
-    assert [entry["step"] for entry in history if "eval_loss" in entry][:2] == [6, 12]
+def test_the_smoke_run_lowers_the_loss_and_saves_the_adapter(reference):
+    trained, _, _ = reference
+    losses = logged_losses(trained)
+    assert len(losses) == 20 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] <= 0.95 * losses[0]
+    assert trained["metrics"]["train/final_loss"] == losses[-1]
+    adapter = Path(trained["outputs"]["adapter_dir"])
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "tokenizer.model").exists()
+    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [10, 20]
+    assert trained["outputs"]["resumed_from"] is None
+
+
+def test_qlora_changes_only_the_adapter_weights(reference):
+    _, snapshots, _ = reference
+    before, after = snapshots.before, snapshots.after
+    assert before.keys() == after.keys()
+    adapter = {name for name in before if "lora_" in name}
+    base = before.keys() - adapter
+    assert any(tensor.dtype == torch.uint8 for name, tensor in before.items() if name in base)  # packed NF4
+    assert [name for name in sorted(base) if not torch.equal(before[name], after[name])] == []
+    # LoRA's B starts at zero, so every adapter pair must have moved.
+    assert all(not torch.equal(before[name], after[name]) for name in adapter if "lora_B" in name)
+
+
+def test_the_run_is_tracked_with_throughput_memory_and_artifacts(reference, prepared):
+    from datasets import load_from_disk
+
+    trained, _, run_id = reference
+    client = MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["train/runtime_seconds"] > 0 and metrics["train/peak_memory_mb"] > 100
+    # 20 steps of 4 rows: 80 of the rows, each counted by its length before padding.
+    lengths = sorted(len(row) for row in load_from_disk(prepared["outputs"]["dataset_dir"])["train"]["input_ids"])
+    assert sum(lengths[:80]) <= metrics["train/total_tokens"] <= sum(lengths[-80:])
+    assert metrics["train/total_tokens"] == trained["metrics"]["train/total_tokens"]
+    throughput = client.get_metric_history(run_id, "train/tokens_per_second")
+    assert [point.step for point in throughput] == list(range(1, 21)) and all(point.value > 0 for point in throughput)
+    artifacts = {entry.path for folder in ("adapter", "figures") for entry in client.list_artifacts(run_id, folder)}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "figures/loss.png"} <= artifacts
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(folder, prepared, reference):
+    trained, _, _ = reference
+    out_dir = folder / "killed"
+    manifest = folder / "prepared.json"
+    manifest.write_text(json.dumps(prepared))
+    script = (
+        "import json, sys; from pathlib import Path; from kit.params import load_params;"
+        " from kit.train import run_train; from tests.test_train import KillAfterCheckpoint;"
+        " params = load_params(sys.argv[1], json.loads(sys.argv[2]));"
+        " run_train(params, json.loads(Path(sys.argv[3]).read_text()), Path(sys.argv[4]),"
+        " callbacks=[KillAfterCheckpoint(int(sys.argv[5]))])"
+    )
+    overrides = [f"output_dir={folder}", *REFERENCE]
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(SMOKE), json.dumps(overrides), str(manifest), str(out_dir),
+         str(KILL_AFTER_STEP)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (out_dir / "adapter").exists()
+
+    resumed = run_train(smoke(folder, [*REFERENCE, "resume_from_checkpoint=auto"]), prepared, out_dir)
+    checkpoint = out_dir / "checkpoints" / f"checkpoint-{KILL_AFTER_STEP}"
+    assert resumed["outputs"]["resumed_from"] == str(checkpoint.resolve())
+    torch.testing.assert_close(logged_losses(resumed), logged_losses(trained), rtol=0, atol=1e-4)
+    assert abs(resumed["metrics"]["train/final_loss"] - trained["metrics"]["train/final_loss"]) < 1e-4
+    assert resumed["metrics"]["train/total_tokens"] == trained["metrics"]["train/total_tokens"]
+    weights = [
+        load_file(Path(run["outputs"]["adapter_dir"]) / "adapter_model.safetensors") for run in (resumed, trained)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
+    from kit.train import resume_checkpoint
+
+    params = smoke(tmp_path, ["resume_from_checkpoint=auto"])
+    assert resume_checkpoint(params, tmp_path / "checkpoints") is None
+    assert "starting fresh" in capsys.readouterr().out
+    complete = tmp_path / "checkpoints" / "checkpoint-4"
+    (tmp_path / "checkpoints" / "checkpoint-9").mkdir(parents=True)  # cut short: no trainer_state.json
+    complete.mkdir()
+    (complete / "trainer_state.json").write_text("{}")
+    assert resume_checkpoint(params, tmp_path / "checkpoints") == str(complete.resolve())
+
+
+def test_accumulated_micro_batches_train_as_one_batch(folder, prepared):
+    """Loss is normalised by the trained tokens of the whole batch, not averaged over micro-batches."""
+    shared = ["max_steps=4", "logging_steps=1", "lora_dropout=0", "eval_steps=null", "warmup_steps=0"]
+    runs = {
+        shape: logged_losses(run_train(smoke(folder, [*shared, *shape]), prepared, folder / "-".join(shape)))
+        for shape in (("micro_batch_size=2", "gradient_accumulation_steps=1"),
+                      ("micro_batch_size=1", "gradient_accumulation_steps=2"))
+    }
+    one_batch, accumulated = runs.values()
+    assert len(one_batch) == 4
+    torch.testing.assert_close(accumulated, one_batch, rtol=0, atol=1e-5)
+
+
+def golden_environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        **{name: importlib.metadata.version(name) for name in GOLDEN_PACKAGES},
+        "seed": 42,
+        "params": str(SMOKE.relative_to(ROOT)),
+        "overrides": REFERENCE,
+    }
+
+
+def test_the_first_losses_match_the_golden_ones(reference):
+    trained, _, _ = reference
+    losses = logged_losses(trained)[:GOLDEN_STEPS]
+    environment = golden_environment()
+    if os.environ.get("TUNEBOOK_RECORD_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"environment": environment, "losses": losses}, indent=2) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    if golden["environment"] != environment:
+        pytest.skip(f"golden losses were recorded under {golden['environment']}, this is {environment}")
+    torch.testing.assert_close(losses, golden["losses"], rtol=0, atol=GOLDEN_TOLERANCE)
 
 
 def test_a_packed_batch_has_the_loss_of_its_samples_unpacked():
@@ -56,10 +245,11 @@ def test_a_packed_batch_has_the_loss_of_its_samples_unpacked():
          "position_ids": list(range(6)) + list(range(9))},
         {"input_ids": samples[2], "labels": labels[2], "position_ids": list(range(4))},
     ])
-    assert "attention_mask" not in packed
+    assert "attention_mask" not in packed and packed.pop("num_real_tokens").tolist() == [15, 4]
     unpacked = PackedRowsCollator(pad_token_id=0, packed=False)(
         [{"input_ids": sample, "labels": label} for sample, label in zip(samples, labels)]
     )
+    assert unpacked.pop("num_real_tokens").tolist() == [6, 9, 4]
     with torch.no_grad():
         packed_loss = model(**packed, use_cache=False).loss
         unpacked_loss = model(**unpacked, use_cache=False).loss

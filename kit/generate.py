@@ -1,0 +1,81 @@
+"""Ask the fine-tune: prompts wrapped as training wrapped them, answered greedily by base + adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kit.evaluate import decoded_continuation
+from kit.formats import render, resolve_chat_template, tokenizer_adds_bos
+from kit.models import inference_device, load_causal_lm, load_tokenizer
+from kit.params import DatasetSpec, Params, UserFormat
+
+CONVERSATION_TYPES = ("sharegpt", "chat_template")
+
+
+def prompt_text(spec: DatasetSpec, tokenizer, prompt: str) -> str:
+    """``prompt`` as a training sample of ``spec`` would show it, up to where the response starts.
+
+    Instruction formats render a row with an empty response through the training code itself and
+    keep its untrained part (for alpaca, Axolotl's no-input prompt); conversations end with the
+    template's assistant header; a completion dataset had no prompt, so the text goes as it is.
+    """
+    if spec.type == "completion":
+        return prompt
+    if spec.type in CONVERSATION_TYPES:
+        template = resolve_chat_template(spec, tokenizer)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+        # As in training: the tokenizer adds its BOS itself, so a template's own would double it.
+        bos = tokenizer.bos_token
+        return text[len(bos) :] if bos and text.startswith(bos) and tokenizer_adds_bos(tokenizer) else text
+    if isinstance(spec.type, UserFormat):
+        row = {spec.type.field_instruction: prompt, spec.type.field_output: ""}
+    else:
+        row = {"instruction": prompt, "output": ""}
+    return "".join(text for text, trained in render(row, spec, tokenizer) if not trained)
+
+
+def load_trained_model(params: Params, trained: dict[str, Any]):
+    """(model, tokenizer): the base with the adapter on it, or the full fine-tune, ready to generate.
+
+    The base is loaded unquantized, as evaluate scores the fine-tune and as a merged model is served.
+    """
+    outputs = trained["outputs"]
+    tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
+    if outputs.get("model_dir"):
+        model = load_causal_lm(outputs["model_dir"], params, quantize=False)
+    else:
+        from peft import PeftModel
+
+        model = load_causal_lm(outputs["base_model"], params, quantize=False)
+        # Training grew the embeddings for tokens it added; the adapter's saved rows need that shape.
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, outputs["adapter_dir"])
+    return model.to(inference_device()).eval(), tokenizer
+
+
+def generate_answers(
+    params: Params, trained_manifest: dict[str, Any] | None, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    """The fine-tune's greedy answer to each prompt, wrapped in the first dataset's training format."""
+    import torch
+    from transformers import GenerationConfig
+
+    if trained_manifest is None:
+        raise ValueError("generate answers with what train made; it needs the train stage's manifest")
+    model, tokenizer = load_trained_model(params, trained_manifest)
+    texts = [prompt_text(params.datasets[0], tokenizer, prompt) for prompt in prompts]
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    tokenizer.padding_side = "left"  # new tokens follow every row's prompt directly
+    encoded = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+    prompt_length = encoded["input_ids"].shape[1]
+    with torch.inference_mode():
+        output = model.generate(**encoded, generation_config=config)
+    return [decoded_continuation(tokenizer, sequence, prompt_length) for sequence in output]
