@@ -121,6 +121,10 @@ class Params(_Strict):
     lora_target_modules: list[str] | None = None
     lora_target_linear: bool | None = None
     lora_fan_in_fan_out: bool | None = None
+    lora_modules_to_save: list[str] | None = Field(
+        None, description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head]"
+    )
+    peft_use_dora: bool = False
 
     # --- optimisation (Axolotl) ---
     gradient_accumulation_steps: int = Field(1, ge=1)

@@ -86,6 +86,8 @@ def _build_model(params: Params, base_model: str, tokenizer):
         lora_dropout=params.lora_dropout,
         target_modules=params.lora_targets,
         fan_in_fan_out=bool(params.lora_fan_in_fan_out),
+        modules_to_save=params.lora_modules_to_save,
+        use_dora=params.peft_use_dora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -108,6 +108,18 @@ def test_qlora_puts_lora_on_a_4bit_base_and_trains_only_the_adapter(smoke_params
     assert trainable and all("lora_" in name for name in trainable)
 
 
+def test_dora_and_modules_to_save_reach_peft(tmp_path):
+    from kit.models import resolve_base_model
+
+    params = load_params(SMOKE, [f"output_dir={tmp_path}", "peft_use_dora=true", "lora_modules_to_save=[lm_head]"])
+    base = resolve_base_model(params)
+    model = _build_model(params, base, load_tokenizer(base, params))
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert any("lora_magnitude_vector" in name for name in trainable)  # DoRA's learned magnitudes
+    assert any("lm_head.modules_to_save" in name for name in trainable)
+    assert all("lora_" in name or "modules_to_save" in name for name in trainable)
+
+
 def test_the_smoke_run_lowers_the_loss_and_saves_the_adapter(reference):
     trained, _, _ = reference
     losses = logged_losses(trained)
