@@ -16,7 +16,7 @@ from typing import Any
 
 from kit import tracking
 from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, truncate_at_stop
-from kit.models import inference_device, load_causal_lm, load_tokenizer
+from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import Params
 from kit.sandbox import run_programs
 from kit.stage import write_manifest
@@ -201,13 +201,8 @@ def run_evaluate(params: Params, trained: dict | None, out_dir: Path) -> dict:
     model = load_causal_lm(outputs["base_model"], params, quantize=False)
     score_variant("base", model)
     if outputs.get("adapter_dir"):
-        from peft import PeftModel
-
-        # Training grew the embeddings for tokens it added; the adapter's saved rows need that shape.
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
         # The adapter wraps the base already in memory rather than a second copy of it.
-        score_variant("adapter", PeftModel.from_pretrained(model, outputs["adapter_dir"]))
+        score_variant("adapter", with_adapter(model, outputs["adapter_dir"], tokenizer))
     elif outputs.get("model_dir"):
         del model  # two full models need not fit at once
         _free_memory()

@@ -6,7 +6,7 @@ from typing import Any
 
 from kit.evaluate import decoded_continuation
 from kit.formats import render, resolve_chat_template, tokenizer_adds_bos
-from kit.models import inference_device, load_causal_lm, load_tokenizer
+from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import DatasetSpec, Params, UserFormat
 
 CONVERSATION_TYPES = ("sharegpt", "chat_template")
@@ -46,13 +46,8 @@ def load_trained_model(params: Params, trained: dict[str, Any]):
     if outputs.get("model_dir"):
         model = load_causal_lm(outputs["model_dir"], params, quantize=False)
     else:
-        from peft import PeftModel
-
-        model = load_causal_lm(outputs["base_model"], params, quantize=False)
-        # Training grew the embeddings for tokens it added; the adapter's saved rows need that shape.
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, outputs["adapter_dir"])
+        base = load_causal_lm(outputs["base_model"], params, quantize=False)
+        model = with_adapter(base, outputs["adapter_dir"], tokenizer)
     return model.to(inference_device()).eval(), tokenizer
 
 

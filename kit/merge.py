@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kit.models import inference_device, load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
+from kit.models import inference_device, load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype, with_adapter
 from kit.params import Params
 from kit.stage import write_manifest
 from kit.tracking import log_metrics
@@ -38,13 +38,8 @@ def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> 
     token_ids = held_out_token_ids(tokenizer)
     device = inference_device()
     if trained_outputs["adapter_dir"]:
-        from peft import PeftModel
-
         base = load_causal_lm(trained_outputs["base_model"], params, quantize=False, dtype=params.merge_dtype)
-        # Training grew the embeddings for added tokens; the adapter carries the grown rows.
-        if len(tokenizer) != base.get_input_embeddings().num_embeddings:
-            base.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(base, trained_outputs["adapter_dir"]).to(device).eval()
+        model = with_adapter(base, trained_outputs["adapter_dir"], tokenizer).to(device).eval()
         reference_logits = causal_lm_logits(model, token_ids)
         model = model.merge_and_unload()
     else:

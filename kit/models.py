@@ -67,6 +67,20 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
     )
 
 
+def fit_embeddings_to_tokenizer(model, tokenizer):
+    """Grow the embeddings for tokens the params added; never shrink a vocabulary padded for speed."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def with_adapter(base, adapter_dir: str, tokenizer):
+    """The base with a trained LoRA adapter on it; training grew the embeddings the adapter saved."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(fit_embeddings_to_tokenizer(base, tokenizer), adapter_dir)
+
+
 def inference_device() -> str:
     import torch
 

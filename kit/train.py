@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from kit.formats import IGNORE_INDEX
-from kit.models import load_causal_lm, load_tokenizer, save_tokenizer
+from kit.models import fit_embeddings_to_tokenizer, load_causal_lm, load_tokenizer, save_tokenizer
 from kit.params import PAGED_OPTIMIZERS, Params
 from kit.stage import write_manifest
 from kit.tracking import log_artifact, log_metrics
@@ -70,8 +70,7 @@ def _build_model(params: Params, base_model: str, tokenizer):
     quantized = params.load_in_4bit or params.load_in_8bit
     model = load_causal_lm(base_model, params, quantize=quantized)
     model.config.use_cache = False
-    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    fit_embeddings_to_tokenizer(model, tokenizer)
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
