@@ -1,4 +1,4 @@
-"""The `kit` command: validate a params file, run the pipeline, ask the trained model."""
+"""The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model."""
 
 from __future__ import annotations
 
@@ -37,6 +37,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from kit.stage import resolve_run_dir, run_inline
+
+    params = load_params(args.params, args.set)
+    for warning in environment_warnings(params):
+        print(f"warning: {warning}", file=sys.stderr)
+    run_dir = resolve_run_dir(params, args.run_dir).resolve()
+    try:
+        # A run folder without prepared data gets it first, as a notebook run on its own does.
+        trained = run_inline("train", params, run_dir, None, args.set)
+    except RuntimeError as error:  # a launched multi-process run failed; its output was relayed above
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    outputs, metrics = trained["outputs"], trained["metrics"]
+    print(
+        f"trained {metrics['train/steps']} steps in {outputs['processes']} process(es), final loss "
+        f"{metrics['train/final_loss']:.4f}\n{outputs['adapter_dir'] or outputs['model_dir']}"
+    )
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from kit.generate import generate_answers
     from kit.stage import read_manifest, resolve_run_dir
@@ -71,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     run.set_defaults(handler=_run)
+
+    train = commands.add_parser(
+        "train", help="prepare (if needed) and train, in as many processes as the params ask for"
+    )
+    train.add_argument("params", help="params YAML file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    train.add_argument("--run-dir", default="", help="run folder (default: OUTPUT_DIR/interactive)")
+    train.set_defaults(handler=_train)
 
     generate = commands.add_parser("generate", help="answer a prompt with the trained model, greedily")
     generate.add_argument("params", help="params YAML file")

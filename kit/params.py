@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:code-instructions"
 BENCHMARKS = ("humaneval", "mbpp")
-PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "paged_lion_32bit", "paged_lion_8bit")
+# Paged optimizers page their states between GPU and CPU memory; without CUDA the same optimizer runs
+# unpaged (transformers has no unpaged 32-bit bitsandbytes AdamW; torch's AdamW is the same algorithm).
+PAGED_OPTIMIZERS = {
+    "paged_adamw_32bit": "adamw_torch",
+    "paged_adamw_8bit": "adamw_8bit",
+    "paged_lion_32bit": "lion_32bit",
+    "paged_lion_8bit": "lion_8bit",
+}
+# Axolotl's names that transformers 5 no longer has, and the name of the same algorithm there.
+RENAMED_OPTIMIZERS = {"adamw_hf": "adamw_torch"}
 # Axolotl's optimizer names, as handed to transformers' TrainingArguments(optim=...).
 OPTIMIZERS = (
     "adamw_torch",
@@ -122,7 +131,9 @@ class Params(_Strict):
     lora_target_linear: bool | None = None
     lora_fan_in_fan_out: bool | None = None
     lora_modules_to_save: list[str] | None = Field(
-        None, description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head]"
+        None,
+        description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head]; "
+        "the embeddings and head are added when special_tokens or tokens grow the vocabulary",
     )
     peft_use_dora: bool = False
 
@@ -156,10 +167,17 @@ class Params(_Strict):
     flash_attention: bool | None = None
     xformers_attention: bool | None = None
     local_rank: int | None = None
-    deepspeed: str | None = None
-    fsdp: list[str] | str | None = None
+    deepspeed: str | None = Field(None, description="a DeepSpeed JSON config, used where deepspeed and CUDA are")
+    fsdp: list[str] | str | None = Field(None, description="transformers' fsdp options, used on several CUDA GPUs")
     fsdp_config: dict[str, Any] | None = None
     debug: bool | None = None
+    # --- scale-out (tunebook) ---
+    train_num_processes: int | None = Field(
+        None, ge=1, description="processes training together (DDP); default: the accelerate config's, else 1"
+    )
+    train_accelerate_config: str | None = Field(
+        None, description="an `accelerate config` file that `accelerate launch` starts training with"
+    )
 
     # --- tracking (Axolotl's names) ---
     mlflow_tracking_uri: str | None = None
@@ -203,6 +221,12 @@ class Params(_Strict):
         # YAML reads a bare `off` as false.
         return "off" if value is False else value
 
+    @field_validator("save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML reads a bare `no` as false.
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Params:
         if self.adapter == "qlora" and not self.load_in_4bit:
@@ -213,6 +237,8 @@ class Params(_Strict):
             raise ValueError("bf16 and fp16 are both true; choose one")
         if self.load_in_4bit and self.adapter != "qlora":
             raise ValueError("load_in_4bit: true needs adapter: qlora (a 4-bit base cannot be fully fine-tuned)")
+        if self.load_in_8bit and self.adapter is None:
+            raise ValueError("load_in_8bit: true needs adapter: lora (an 8-bit base cannot be fully fine-tuned)")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise ValueError("warmup_steps and warmup_ratio are both set; choose one")
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
@@ -221,6 +247,8 @@ class Params(_Strict):
             value = getattr(self, key)
             if value is not None and value >= 1 and value != int(value):
                 raise ValueError(f"{key}: a count (>= 1) must be a whole number; a fraction must be < 1")
+        if self.train_accelerate_config and not Path(self.train_accelerate_config).is_file():
+            raise ValueError(f"train_accelerate_config: no such file {self.train_accelerate_config}")
         if self.embedded_hidden_size % self.embedded_num_heads:
             raise ValueError("embedded_hidden_size must be a multiple of embedded_num_heads")
         return self
@@ -267,6 +295,41 @@ class Params(_Strict):
         if self.lora_target_linear:
             return "all-linear"
         return self.lora_target_modules or ["q_proj", "v_proj"]
+
+    @property
+    def optimizer_to_run(self) -> str:
+        """transformers' name of the optimizer that runs here: Axolotl's, unpaged without CUDA, adamw_hf renamed."""
+        import torch
+
+        if self.optimizer in PAGED_OPTIMIZERS and not torch.cuda.is_available():
+            return PAGED_OPTIMIZERS[self.optimizer]
+        return RENAMED_OPTIMIZERS.get(self.optimizer, self.optimizer)
+
+    @property
+    def num_train_processes(self) -> int:
+        """How many processes train: ``train_num_processes``, else the accelerate config's ``num_processes``, else 1."""
+        if self.train_num_processes:
+            return self.train_num_processes
+        if self.train_accelerate_config:
+            config = yaml.safe_load(Path(self.train_accelerate_config).read_text()) or {}
+            return int(config.get("num_processes") or 1)
+        return 1
+
+    @property
+    def uses_fsdp(self) -> bool:
+        """``fsdp`` is honoured across several processes on CUDA GPUs."""
+        import torch
+
+        return bool(self.fsdp) and torch.cuda.is_available() and self.num_train_processes > 1
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """``deepspeed`` is honoured where the deepspeed package and a CUDA GPU are."""
+        import importlib.util
+
+        import torch
+
+        return bool(self.deepspeed) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -343,7 +406,6 @@ def validate_params(raw: dict[str, Any], source: Path | None = None) -> Params:
 NOT_YET_HONOURED = {
     "lora_model_dir": "the adapter is trained from scratch, not from this folder",
     "early_stopping_patience": "training runs all its steps",
-    "local_rank": "training runs in one process",
 }
 
 
@@ -358,7 +420,16 @@ def environment_warnings(params: Params) -> list[str]:
     if params.xformers_attention:
         warnings.append("xformers_attention: not supported; using PyTorch SDPA attention instead")
     if params.optimizer in PAGED_OPTIMIZERS and not has_cuda:
-        warnings.append(f"optimizer: {params.optimizer} pages GPU memory; using adamw_torch on this CPU")
+        warnings.append(f"optimizer: {params.optimizer} pages GPU memory; using {params.optimizer_to_run} on this CPU")
+    if params.optimizer in RENAMED_OPTIMIZERS:
+        warnings.append(
+            f"optimizer: transformers 5 has no {params.optimizer}; using {params.optimizer_to_run}, the same algorithm"
+        )
+    if params.lr_scheduler == "constant" and (params.warmup_steps or params.warmup_ratio):
+        warnings.append(
+            "lr_scheduler: constant has no warmup in transformers; warmup_steps/warmup_ratio are ignored "
+            "(constant_with_warmup warms up)"
+        )
     if params.bf16 is True and not has_cuda:
         warnings.append("bf16: no CUDA GPU here; training in float32 on the CPU")
     if params.fp16 and not has_cuda:
@@ -368,10 +439,12 @@ def environment_warnings(params: Params) -> list[str]:
         warnings.append(f"{key}: Weights & Biases is not used; runs are tracked in MLflow instead")
     if params.group_by_length:
         warnings.append("group_by_length: transformers 5's Trainer has no length grouping; batches are shuffled")
-    if params.deepspeed:
-        warnings.append("deepspeed: not supported; training runs without DeepSpeed")
-    if params.fsdp:
-        warnings.append("fsdp: not supported; training runs on one device")
+    if params.deepspeed and not params.uses_deepspeed:
+        warnings.append("deepspeed: needs the deepspeed package and a CUDA GPU; training runs without DeepSpeed")
+    if params.fsdp and not params.uses_fsdp:
+        warnings.append("fsdp: needs several processes on CUDA GPUs; training runs without FSDP (DDP where several)")
+    if params.local_rank is not None:
+        warnings.append("local_rank: the launcher sets each process's rank; the key is ignored")
     for key, instead in NOT_YET_HONOURED.items():
         if getattr(params, key) is not None:
             warnings.append(f"{key}: not supported yet; {instead}")

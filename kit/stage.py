@@ -103,7 +103,8 @@ class StageRun:
         if Path.cwd() == PROJECT_DIR / "notebooks":
             os.chdir(PROJECT_DIR)
         self.stage = stage
-        self.overrides = [f"{key}={value}" for key, value in parse_overrides(overrides).items()]
+        # Values written back as JSON, which YAML reads as they were (a Python None would come back as "None").
+        self.overrides = [f"{key}={json.dumps(value)}" for key, value in parse_overrides(overrides).items()]
         self.params = load_params(params_file, self.overrides)
         for warning in environment_warnings(self.params):
             print(f"warning: {warning}", file=sys.stderr)

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from kit.distributed import in_launched_process, launch_train, scale_out_arguments
 from kit.formats import IGNORE_INDEX
 from kit.models import fit_embeddings_to_tokenizer, load_causal_lm, load_tokenizer, save_tokenizer
-from kit.params import PAGED_OPTIMIZERS, Params
+from kit.params import Params
 from kit.stage import write_manifest
 from kit.tracking import log_artifact, log_metrics
 
@@ -58,10 +59,10 @@ class PackedRowsCollator:
 
 
 def optimizer_name(params: Params) -> str:
-    """Axolotl's optimizer name, or what runs instead where the device cannot honour it."""
-    if params.optimizer in PAGED_OPTIMIZERS and not torch.cuda.is_available():
-        return "adamw_torch"
-    return params.optimizer
+    """transformers' name of the optimizer that runs (Axolotl's, or what runs instead here), printed for the log."""
+    name = params.optimizer_to_run
+    print(f"optimizer: {name}" + ("" if name == params.optimizer else f" (instead of {params.optimizer})"))
+    return name
 
 
 def _build_model(params: Params, base_model: str, tokenizer):
@@ -70,7 +71,9 @@ def _build_model(params: Params, base_model: str, tokenizer):
     quantized = params.load_in_4bit or params.load_in_8bit
     model = load_causal_lm(base_model, params, quantize=quantized)
     model.config.use_cache = False
+    base_vocabulary = model.get_input_embeddings().num_embeddings
     fit_embeddings_to_tokenizer(model, tokenizer)
+    vocabulary_grew = model.get_input_embeddings().num_embeddings > base_vocabulary
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
@@ -85,11 +88,30 @@ def _build_model(params: Params, base_model: str, tokenizer):
         lora_dropout=params.lora_dropout,
         target_modules=params.lora_targets,
         fan_in_fan_out=bool(params.lora_fan_in_fan_out),
-        modules_to_save=params.lora_modules_to_save,
+        modules_to_save=_modules_to_save(params, model, vocabulary_grew),
         use_dora=params.peft_use_dora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _modules_to_save(params: Params, model, vocabulary_grew: bool) -> list[str] | None:
+    """``lora_modules_to_save``, plus the input embeddings and the head where the tokenizer added tokens.
+
+    The new tokens' rows start random: unless they are trained and saved with the adapter, a base loaded
+    later grows other random rows for them. Axolotl stops and asks for ``lora_modules_to_save:
+    [embed_tokens, lm_head]``; kit adds them, and says so.
+    """
+    modules = list(params.lora_modules_to_save or [])
+    if not vocabulary_grew:
+        return modules or None
+    short_names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())
+    added = [short_names[layer] for layer in layers if short_names[layer] not in modules]
+    if added:
+        print(f"lora_modules_to_save: adding {added}: the tokenizer has new tokens, whose rows must be trained "
+              "and saved with the adapter")
+    return modules + added
 
 
 def newest_checkpoint(folder: Path) -> str | None:
@@ -129,7 +151,9 @@ def _make_trainer(**kwargs):
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             inputs = dict(inputs)
-            self.state.num_input_tokens_seen += int(inputs.pop(REAL_TOKENS).sum())
+            real_tokens = inputs.pop(REAL_TOKENS).sum().to(self.args.device)
+            # Summed over every process, so throughput and the total are the run's, not one rank's.
+            self.state.num_input_tokens_seen += int(self.accelerator.reduce(real_tokens, reduction="sum"))
             return super().training_step(model, inputs, num_items_in_batch)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -163,10 +187,16 @@ def _make_trainer(**kwargs):
 def run_train(
     params: Params, prepared: dict[str, Any], out_dir: Path, callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
-    """Train on the prepared rows; ``callbacks`` are extra transformers TrainerCallbacks."""
+    """Train on the prepared rows; ``callbacks`` are extra transformers TrainerCallbacks.
+
+    Where the params ask for several processes, this process launches them (kit.distributed) and
+    returns the manifest their rank 0 wrote; in each of them this function trains its share.
+    """
     from datasets import load_from_disk
     from transformers import TrainingArguments, set_seed
 
+    if params.num_train_processes > 1 and not in_launched_process():
+        return launch_train(params, prepared, out_dir)
     set_seed(params.seed)
     outputs = prepared["outputs"]
     tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
@@ -208,6 +238,9 @@ def run_train(
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        # Every LoRA (or full) parameter takes part in each step; searching for unused ones costs a graph walk.
+        ddp_find_unused_parameters=False,
+        **scale_out_arguments(params),
     )
     trainer = _make_trainer(
         model=model,
@@ -237,12 +270,18 @@ def run_train(
             metrics["eval/final_loss"] = evaluated[-1]["eval_loss"]
         else:
             metrics["eval/final_loss"] = trainer.evaluate()["eval_loss"]
+    if not trainer.is_world_process_zero():
+        return {}  # rank 0 logs and writes the outputs; the launching process returns its manifest
     log_metrics(metrics)
 
     log_history = out_dir / "log_history.json"
     log_history.write_text(json.dumps(history, indent=1))
     weights_dir = out_dir / ("adapter" if params.adapter else "model")
-    trainer.model.save_pretrained(str(weights_dir))
+    if params.adapter:
+        # The trained embeddings and head travel as modules_to_save; peft would add two more copies of each.
+        trainer.model.save_pretrained(str(weights_dir), save_embedding_layers=False)
+    else:
+        trainer.model.save_pretrained(str(weights_dir))
     save_tokenizer(tokenizer, outputs["tokenizer_dir"], weights_dir)
     figure = plot_losses(_loss_table(history), out_dir / "loss.png")
     log_artifact(figure, "figures")
@@ -260,6 +299,7 @@ def run_train(
             "adapter": params.adapter,
             "log_history": str(log_history.resolve()),
             "resumed_from": resumed_from,
+            "processes": arguments.world_size,
         },
         metrics=metrics,
     )

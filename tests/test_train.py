@@ -35,9 +35,11 @@ from kit.train import PackedRowsCollator, _build_model, optimizer_name, run_trai
 
 from .conftest import ROOT, SMOKE
 
-# The smoke run, checkpointing every 5 steps so that a run killed after step 15 can resume in its second epoch.
-REFERENCE = ["save_strategy=steps", "save_steps=5"]
-KILL_AFTER_STEP = 15
+# The smoke run made 30 steps long, checkpointing every 5: its 95 training rows make 24 steps of 4, so a
+# run killed after step 25 resumes inside its second epoch, whose order the resume must reproduce.
+STEPS = 30
+REFERENCE = ["save_strategy=steps", "save_steps=5", f"max_steps={STEPS}"]
+KILL_AFTER_STEP = 25
 GOLDEN = Path(__file__).parent / "golden" / "train_losses.json"
 GOLDEN_STEPS = 5
 GOLDEN_TOLERANCE = 1e-4
@@ -87,7 +89,7 @@ def prepared(folder):
 
 @pytest.fixture(scope="module")
 def reference(folder, prepared):
-    """The uninterrupted 20-step smoke run, in an MLflow run, with the model's weights before and after."""
+    """The uninterrupted reference run, in an MLflow run, with the model's weights before and after."""
     params = smoke(folder, REFERENCE)
     tracking.configure(params)
     snapshots = WeightSnapshots()
@@ -123,13 +125,13 @@ def test_dora_and_modules_to_save_reach_peft(tmp_path):
 def test_the_smoke_run_lowers_the_loss_and_saves_the_adapter(reference):
     trained, _, _ = reference
     losses = logged_losses(trained)
-    assert len(losses) == 20 and all(math.isfinite(loss) for loss in losses)
+    assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] <= 0.95 * losses[0]
     assert trained["metrics"]["train/final_loss"] == losses[-1]
     adapter = Path(trained["outputs"]["adapter_dir"])
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "tokenizer.model").exists()
     history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
-    assert [entry["step"] for entry in history if "eval_loss" in entry] == [10, 20]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [10, 20, 30]
     assert trained["outputs"]["resumed_from"] is None
 
 
@@ -152,12 +154,17 @@ def test_the_run_is_tracked_with_throughput_memory_and_artifacts(reference, prep
     client = MlflowClient()
     metrics = client.get_run(run_id).data.metrics
     assert metrics["train/runtime_seconds"] > 0 and metrics["train/peak_memory_mb"] > 100
-    # 20 steps of 4 rows: 80 of the rows, each counted by its length before padding.
+    # Each row counted by its length before padding: all of them in epoch 1, then 4 per step of epoch 2.
     lengths = sorted(len(row) for row in load_from_disk(prepared["outputs"]["dataset_dir"])["train"]["input_ids"])
-    assert sum(lengths[:80]) <= metrics["train/total_tokens"] <= sum(lengths[-80:])
+    steps_per_epoch = math.ceil(len(lengths) / 4)
+    second_epoch_rows = (STEPS - steps_per_epoch) * 4
+    assert steps_per_epoch < KILL_AFTER_STEP < STEPS
+    assert (sum(lengths) + sum(lengths[:second_epoch_rows]) <= metrics["train/total_tokens"]
+            <= sum(lengths) + sum(lengths[-second_epoch_rows:]))
     assert metrics["train/total_tokens"] == trained["metrics"]["train/total_tokens"]
     throughput = client.get_metric_history(run_id, "train/tokens_per_second")
-    assert [point.step for point in throughput] == list(range(1, 21)) and all(point.value > 0 for point in throughput)
+    assert [point.step for point in throughput] == list(range(1, STEPS + 1))
+    assert all(point.value > 0 for point in throughput)
     artifacts = {entry.path for folder in ("adapter", "figures") for entry in client.list_artifacts(run_id, folder)}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "figures/loss.png"} <= artifacts
 
