@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,20 @@ from kit.params import Params, load_params
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
 SHARED_MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
+
+
+def smoke_at(folder: Path, overrides: list[str]) -> Params:
+    """The embedded default with ``overrides``, writing its runs and prepared data under ``folder``."""
+    return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
+
+
+def log_history(trained: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainer's log of a train manifest's run."""
+    return json.loads(Path(trained["outputs"]["log_history"]).read_text())
+
+
+def logged_losses(trained: dict[str, Any]) -> list[float]:
+    return [entry["loss"] for entry in log_history(trained) if "loss" in entry]
 
 
 @pytest.fixture(scope="session", autouse=True)

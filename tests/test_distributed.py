@@ -17,11 +17,12 @@ from datasets import load_from_disk
 from mlflow.tracking import MlflowClient
 
 from kit import cli, distributed, tracking
-from kit.params import ParamsError, load_params
+from kit.params import ParamsError
 from kit.prepare import run_prepare
 from kit.train import run_train
 
-from .conftest import SMOKE
+from .conftest import SMOKE, logged_losses
+from .conftest import smoke_at as smoke
 from .ddp_rows_recorder import rows_seen_file
 
 # One epoch, no dropout (each rank would draw its own masks), no evaluation until the end.
@@ -30,15 +31,6 @@ MICRO_BATCH = 4
 PROCESSES = 2
 # fp32 sums taken in another order (per rank, then all-reduced) differ in the last bits.
 LOSS_TOLERANCE = 1e-5
-
-
-def smoke(folder: Path, overrides: list[str]):
-    return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
-
-
-def logged_losses(trained) -> list[float]:
-    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ from kit.params import load_params
 from kit.prepare import run_prepare
 from kit.train import PackedRowsCollator, _build_model, optimizer_name, run_train
 
-from .conftest import ROOT, SMOKE
+from .conftest import ROOT, SMOKE, logged_losses
+from .conftest import smoke_at as smoke
 
 # The smoke run made 30 steps long, checkpointing every 5: its 95 training rows make 24 steps of 4, so a
 # run killed after step 25 resumes inside its second epoch, whose order the resume must reproduce.
@@ -65,15 +66,6 @@ class WeightSnapshots(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.after = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def smoke(folder: Path, overrides: list[str]):
-    return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
-
-
-def logged_losses(trained) -> list[float]:
-    history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,9 @@ from kit.params import OPTIMIZERS, ParamsError, environment_warnings, load_param
 from kit.prepare import run_prepare
 from kit.train import _build_model, run_train
 
-from .conftest import SMOKE
+from .conftest import SMOKE, logged_losses
+from .conftest import log_history as history
+from .conftest import smoke_at as smoke
 
 # Three steps, learning from the first (no warmup), deterministic (no dropout), no evaluation on the way, and a
 # validation split of two samples (one packed row) so the evaluation at the end is cheap.
@@ -39,18 +41,6 @@ NEW_TOKENS = ['special_tokens={eos_token: "<|end|>"}', 'tokens=["<|fim_middle|>"
 # Eight cheap steps (one packed row each), long enough for warmup, a schedule and a cadence of a quarter of the run.
 EIGHT_STEPS = ["max_steps=8", "micro_batch_size=1", "warmup_steps=null"]
 BASE_LEARNING_RATE = 1e-3  # params/smoke.yaml's
-
-
-def smoke(folder: Path, overrides: list[str]):
-    return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
-
-
-def history(trained) -> list[dict]:
-    return json.loads(Path(trained["outputs"]["log_history"]).read_text())
-
-
-def logged_losses(trained) -> list[float]:
-    return [entry["loss"] for entry in history(trained) if "loss" in entry]
 
 
 class RunRecorder(TrainerCallback):
