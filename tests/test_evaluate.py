@@ -21,6 +21,8 @@ from kit.benchmarks import (
 )
 from kit.evaluate import pass_at_k, results_table, run_evaluate, sample_generations
 from kit.params import Params
+from kit.sandbox import ExecutionResult, isolation
+from kit.score import verdict
 
 from .conftest import SHARED_MBPP
 
@@ -245,6 +247,7 @@ def test_run_evaluate_scores_base_and_adapter(
         for benchmark in benchmarks:
             scores = results[variant][benchmark]
             assert scores["num_problems"] == 2 and scores["prompt_format"] == "base"
+            assert scores["isolation"] == isolation()
             assert 0.0 <= scores["pass@1"] <= 1.0 and "pass@10" not in scores
             assert manifest["metrics"][f"eval/{benchmark}/{variant}/pass_at_1"] == scores["pass@1"]
 
@@ -253,8 +256,10 @@ def test_run_evaluate_scores_base_and_adapter(
         assert path.is_absolute() and path.name.startswith("samples-")
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(rows) == 2
-        assert {"task_id", "completion", "status"} <= set(rows[0])
+        assert {"task_id", "completion", "status", "result"} <= set(rows[0])
         assert all(row["status"] in ("passed", "failed", "timeout") for row in rows)
+        # The untrained model's completions fail, each with the reason kit score would give.
+        assert all(row["result"] == verdict(ExecutionResult(row["status"], row["stderr_tail"])) for row in rows)
 
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == pytest.approx(manifest["metrics"])
