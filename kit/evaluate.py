@@ -18,7 +18,7 @@ from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, truncate_a
 from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import Params
 from kit.sandbox import isolation, run_programs
-from kit.score import PASS_AT_K, check_program, pass_at_k, verdict
+from kit.score import PASS_AT_K, check_program, pass_at_k_scores, verdict
 from kit.stage import write_manifest
 
 # Sequences generated together; prompts are sorted by length first, so a batch wastes little on padding.
@@ -112,13 +112,13 @@ def score_benchmark(
     executions = iter(run_programs(programs, params.eval_timeout, params.eval_workers))
     executed = time.perf_counter()
 
-    correct_counts = []
+    passed_by_task: dict[str, list[bool]] = {}
     with samples_path.open("w") as samples_file:
         for problem, samples in zip(problems, completions):
-            correct = 0
+            passed = passed_by_task.setdefault(str(problem.task_id), [])
             for completion in samples:
                 result = next(executions)
-                correct += result.passed
+                passed.append(result.passed)
                 row = {
                     "task_id": problem.task_id,
                     "completion": completion,
@@ -127,18 +127,11 @@ def score_benchmark(
                     "stderr_tail": result.stderr_tail,
                 }
                 samples_file.write(json.dumps(row) + "\n")
-            correct_counts.append(correct)
 
-    n = params.eval_num_samples
-    scores = {
-        f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts)
-        for k in PASS_AT_K
-        if k <= n
-    }
     return {
-        **scores,
+        **pass_at_k_scores(passed_by_task, PASS_AT_K),
         "num_problems": len(problems),
-        "num_samples": n,
+        "num_samples": params.eval_num_samples,
         "prompt_format": PROMPT_FORMAT,
         "isolation": isolation(),
         "generation_seconds": round(generated - started, 2),

@@ -19,10 +19,10 @@ from kit.benchmarks import (
     mbpp_problems,
     truncate_at_stop,
 )
-from kit.evaluate import pass_at_k, results_table, run_evaluate, sample_generations
+from kit.evaluate import results_table, run_evaluate, sample_generations
 from kit.params import Params
 from kit.sandbox import ExecutionResult, isolation
-from kit.score import verdict
+from kit.score import pass_at_k, verdict
 
 from .conftest import SHARED_MBPP
 
