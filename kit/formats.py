@@ -24,6 +24,7 @@ ALPACA_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 
+CONVERSATION_TYPES = ("sharegpt", "chat_template")
 # Conversations: Axolotl's default field and message keys for each type, and its role names.
 CONVERSATION_DEFAULTS = {
     "sharegpt": ("conversations", {"role": "from", "content": "value"}),
@@ -227,3 +228,38 @@ def tokenize(segments: list[Segment], tokenizer, train_on_inputs: bool = False) 
     # from the previous sample's last token, so it is masked either way.
     labels[0] = IGNORE_INDEX
     return {"input_ids": input_ids, "labels": labels}
+
+
+def prompt_text(spec: DatasetSpec, tokenizer, prompt: str) -> str:
+    """``prompt`` as a training sample of ``spec`` would show it, up to where the response starts.
+
+    Instruction formats render a row with an empty response through the training code itself and
+    keep its untrained part (for alpaca, Axolotl's no-input prompt); conversations end with the
+    template's assistant header; a completion dataset had no prompt, so the text goes as it is.
+    """
+    if spec.type == "completion":
+        return prompt
+    if spec.type in CONVERSATION_TYPES:
+        template = resolve_chat_template(spec, tokenizer)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+        # As in training: the tokenizer adds its BOS itself, so a template's own would double it.
+        bos = tokenizer.bos_token
+        return text[len(bos) :] if bos and text.startswith(bos) and tokenizer_adds_bos(tokenizer) else text
+    if isinstance(spec.type, UserFormat):
+        row = {spec.type.field_instruction: prompt, spec.type.field_output: ""}
+    else:
+        row = {"instruction": prompt, "output": ""}
+    return "".join(text for text, trained in render(row, spec, tokenizer) if not trained)
+
+
+def answer_end(spec: DatasetSpec, tokenizer) -> str:
+    """The text a training sample of ``spec`` puts right after its answer: a conversation template's end
+    of turn (``<|im_end|>`` for chatml); nothing for the other formats, whose answers end with the EOS."""
+    if spec.type not in CONVERSATION_TYPES:
+        return ""
+    conversation = [{"role": "user", "content": "?"}, {"role": "assistant", "content": CONTENT_MARKER}]
+    text = tokenizer.apply_chat_template(conversation, chat_template=resolve_chat_template(spec, tokenizer),
+                                         tokenize=False)
+    return text.partition(CONTENT_MARKER)[2].strip()

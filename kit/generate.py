@@ -5,35 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from kit.evaluate import decoded_continuation
-from kit.formats import render, resolve_chat_template, tokenizer_adds_bos
+from kit.formats import prompt_text
 from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
-from kit.params import DatasetSpec, Params, UserFormat
-
-CONVERSATION_TYPES = ("sharegpt", "chat_template")
-
-
-def prompt_text(spec: DatasetSpec, tokenizer, prompt: str) -> str:
-    """``prompt`` as a training sample of ``spec`` would show it, up to where the response starts.
-
-    Instruction formats render a row with an empty response through the training code itself and
-    keep its untrained part (for alpaca, Axolotl's no-input prompt); conversations end with the
-    template's assistant header; a completion dataset had no prompt, so the text goes as it is.
-    """
-    if spec.type == "completion":
-        return prompt
-    if spec.type in CONVERSATION_TYPES:
-        template = resolve_chat_template(spec, tokenizer)
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True, tokenize=False
-        )
-        # As in training: the tokenizer adds its BOS itself, so a template's own would double it.
-        bos = tokenizer.bos_token
-        return text[len(bos) :] if bos and text.startswith(bos) and tokenizer_adds_bos(tokenizer) else text
-    if isinstance(spec.type, UserFormat):
-        row = {spec.type.field_instruction: prompt, spec.type.field_output: ""}
-    else:
-        row = {"instruction": prompt, "output": ""}
-    return "".join(text for text, trained in render(row, spec, tokenizer) if not trained)
+from kit.params import Params
 
 
 def load_trained_model(params: Params, trained: dict[str, Any]):

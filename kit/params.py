@@ -28,6 +28,15 @@ PAGED_OPTIMIZERS = {
 }
 # Axolotl's names that transformers 5 no longer has, and the name of the same algorithm there.
 RENAMED_OPTIMIZERS = {"adamw_hf": "adamw_torch"}
+# The same algorithm as one fused kernel per step, where a CUDA GPU runs it.
+FUSED_ON_CUDA = {"adamw_torch": "adamw_torch_fused"}
+# Axolotl's liger plugin keys and the Liger kernel each switches (liger_kernel's argument names).
+LIGER_KERNELS = {
+    "liger_rope": "rope",
+    "liger_rms_norm": "rms_norm",
+    "liger_glu_activation": "swiglu",
+    "liger_fused_linear_cross_entropy": "fused_linear_cross_entropy",
+}
 # Axolotl's optimizer names, as handed to transformers' TrainingArguments(optim=...).
 OPTIMIZERS = (
     "adamw_torch",
@@ -46,6 +55,8 @@ GGUF_TYPES = (
     "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s",
     "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs",
 )
+# An evaluated GGUF file is named by its type: gguf_q4_k_m.
+GGUF_VARIANT_PREFIX = "gguf_"
 
 
 class ParamsError(Exception):
@@ -171,6 +182,11 @@ class Params(_Strict):
     fsdp: list[str] | str | None = Field(None, description="transformers' fsdp options, used on several CUDA GPUs")
     fsdp_config: dict[str, Any] | None = None
     debug: bool | None = None
+    # Liger's fused Triton kernels (Axolotl's liger plugin keys): unset means on where they can run.
+    liger_rope: bool | None = None
+    liger_rms_norm: bool | None = None
+    liger_glu_activation: bool | None = None
+    liger_fused_linear_cross_entropy: bool | None = None
     # --- scale-out (tunebook) ---
     train_num_processes: int | None = Field(
         None, ge=1, description="processes training together (DDP); default: the accelerate config's, else 1"
@@ -196,9 +212,24 @@ class Params(_Strict):
     eval_temperature: float = Field(0.2, ge=0)
     eval_top_p: float = Field(0.95, gt=0, le=1)
     eval_max_new_tokens: int = Field(512, ge=1)
+    eval_batch_size: int = Field(
+        8, ge=1, description="prompts generated together; sorted by length first, so a batch wastes little on padding"
+    )
+    eval_prompt_format: Literal["auto", "base", "instruct"] = Field(
+        "auto",
+        description="base: the benchmarks' own prompts; instruct: each task asked in the first dataset's training "
+        "format and the code taken from the answer; auto: base for the base model, instruct for the fine-tunes "
+        "when the training data is instructions",
+    )
     eval_timeout: float = Field(3.0, gt=0)
     eval_workers: int = Field(2, ge=1)
     eval_mbpp_path: str | None = None
+    eval_variants: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="artifacts scored: base, adapter (finetuned for a full fine-tune), merged, gguf_<type>; "
+        "default every one the pipeline makes but gguf_f16",
+    )
 
     # --- merge and quantize (tunebook) ---
     merge_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
@@ -249,9 +280,34 @@ class Params(_Strict):
                 raise ValueError(f"{key}: a count (>= 1) must be a whole number; a fraction must be < 1")
         if self.train_accelerate_config and not Path(self.train_accelerate_config).is_file():
             raise ValueError(f"train_accelerate_config: no such file {self.train_accelerate_config}")
+        if self.eval_prompt_format == "instruct" and self.datasets[0].type == "completion":
+            raise ValueError(
+                "eval_prompt_format: instruct asks in the first dataset's training format, but its type is "
+                "completion, which has no prompt; use base or auto"
+            )
         if self.embedded_hidden_size % self.embedded_num_heads:
             raise ValueError("embedded_hidden_size must be a multiple of embedded_num_heads")
+        self._check_eval_variants()
         return self
+
+    def _check_eval_variants(self) -> None:
+        if self.eval_variants is None:
+            return
+        available = self.available_eval_variants
+        for variant in self.eval_variants:
+            if variant in available:
+                continue
+            if variant == "adapter":
+                why = "adapter is null, so train makes a full fine-tune: `finetuned`"
+            elif variant == "finetuned":
+                why = f"adapter is {self.adapter}, so train makes an adapter: `adapter`"
+            elif variant.removeprefix(GGUF_VARIANT_PREFIX) in GGUF_TYPES:
+                why = f"{variant.removeprefix(GGUF_VARIANT_PREFIX)} is not in gguf_quantizations"
+            else:
+                why = "no artifact has that name"
+            raise ValueError(f"eval_variants: `{variant}`: {why}; this pipeline makes {', '.join(available)}")
+        if len(set(self.eval_variants)) < len(self.eval_variants):
+            raise ValueError("eval_variants: a variant is named twice")
 
     # --- derived values: the one place they are computed ---
     @property
@@ -298,12 +354,27 @@ class Params(_Strict):
 
     @property
     def optimizer_to_run(self) -> str:
-        """transformers' name of the optimizer that runs here: Axolotl's, unpaged without CUDA, adamw_hf renamed."""
+        """transformers' name of the optimizer that runs here: Axolotl's, unpaged without CUDA, fused AdamW on CUDA,
+        adamw_hf renamed."""
         import torch
 
-        if self.optimizer in PAGED_OPTIMIZERS and not torch.cuda.is_available():
-            return PAGED_OPTIMIZERS[self.optimizer]
-        return RENAMED_OPTIMIZERS.get(self.optimizer, self.optimizer)
+        if not torch.cuda.is_available():
+            return PAGED_OPTIMIZERS.get(self.optimizer) or RENAMED_OPTIMIZERS.get(self.optimizer, self.optimizer)
+        name = RENAMED_OPTIMIZERS.get(self.optimizer, self.optimizer)
+        return FUSED_ON_CUDA.get(name, name)
+
+    @property
+    def liger_kernels(self) -> dict[str, bool]:
+        """Liger's kernels, each on unless its key says false, where a CUDA GPU and liger-kernel are; else {}."""
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None:
+            return {}
+        # The fused linear cross entropy replaces the plain one; both on would compute the loss twice.
+        kernels = {kernel: getattr(self, key) is not False for key, kernel in LIGER_KERNELS.items()}
+        return {**kernels, "cross_entropy": False} if any(kernels.values()) else {}
 
     @property
     def num_train_processes(self) -> int:
@@ -330,6 +401,26 @@ class Params(_Strict):
         import torch
 
         return bool(self.deepspeed) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+
+    @property
+    def available_eval_variants(self) -> tuple[str, ...]:
+        """Every artifact the pipeline makes, in pipeline order: the names ``eval_variants`` may use."""
+        gguf_types = dict.fromkeys(["f16", *self.gguf_quantizations])  # quantize always writes f16 first
+        trained = "adapter" if self.adapter else "finetuned"
+        return ("base", trained, "merged", *(f"{GGUF_VARIANT_PREFIX}{gguf_type}" for gguf_type in gguf_types))
+
+    @property
+    def evaluated_variants(self) -> tuple[str, ...]:
+        """``eval_variants`` in pipeline order; by default every artifact but the f16 GGUF (unless
+        ``gguf_quantizations`` names it): slow on a 7B model, and close to the merged model."""
+        if self.eval_variants is not None:
+            return tuple(variant for variant in self.available_eval_variants if variant in self.eval_variants)
+        f16 = f"{GGUF_VARIANT_PREFIX}f16"
+        return tuple(
+            variant
+            for variant in self.available_eval_variants
+            if variant != f16 or "f16" in self.gguf_quantizations
+        )
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -421,6 +512,9 @@ def environment_warnings(params: Params) -> list[str]:
         warnings.append("xformers_attention: not supported; using PyTorch SDPA attention instead")
     if params.optimizer in PAGED_OPTIMIZERS and not has_cuda:
         warnings.append(f"optimizer: {params.optimizer} pages GPU memory; using {params.optimizer_to_run} on this CPU")
+    if params.optimizer in FUSED_ON_CUDA and has_cuda:
+        warnings.append(f"optimizer: {params.optimizer} runs as {params.optimizer_to_run} on this GPU, "
+                        "the same algorithm in one fused kernel")
     if params.optimizer in RENAMED_OPTIMIZERS:
         warnings.append(
             f"optimizer: transformers 5 has no {params.optimizer}; using {params.optimizer_to_run}, the same algorithm"
@@ -430,6 +524,10 @@ def environment_warnings(params: Params) -> list[str]:
             "lr_scheduler: constant has no warmup in transformers; warmup_steps/warmup_ratio are ignored "
             "(constant_with_warmup warms up)"
         )
+    liger_asked = [key for key in LIGER_KERNELS if getattr(params, key)]
+    if liger_asked and not params.liger_kernels:
+        warnings.append(f"{liger_asked[0]}: Liger's kernels need a CUDA GPU and the liger-kernel package "
+                        "(the gpu extra); training runs without them")
     if params.bf16 is True and not has_cuda:
         warnings.append("bf16: no CUDA GPU here; training in float32 on the CPU")
     if params.fp16 and not has_cuda:

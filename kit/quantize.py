@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +95,29 @@ def gguf_logits(path: Path, token_ids: list[list[int]]) -> tuple[list[np.ndarray
     import llama_cpp
 
     longest = max(len(ids) for ids in token_ids)
-    model = llama_cpp.Llama(
-        model_path=str(path), n_ctx=longest, n_batch=longest, logits_all=True, verbose=False
-    )
-    try:
+    with llama_model(path, n_ctx=longest, n_batch=longest, logits_all=True) as model:
         logits = []
         for ids in token_ids:
             model.reset()
             model.eval(ids)
             logits.append(np.array(model.scores[: len(ids)], dtype=np.float32))
         bits_per_weight = 8 * llama_cpp.llama_model_size(model.model) / llama_cpp.llama_model_n_params(model.model)
+    return logits, bits_per_weight
+
+
+@contextlib.contextmanager
+def llama_model(path: Path, **options: Any) -> Iterator[Any]:
+    """A GGUF file in llama.cpp (``llama_cpp.Llama`` with ``options``), its load log silenced, closed after use.
+
+    Every layer goes to the GPU where llama.cpp was built with one (llama-cpp-python offloads none by default).
+    """
+    import llama_cpp
+
+    model = llama_cpp.Llama(model_path=str(path), n_gpu_layers=-1, verbose=False, **options)
+    try:
+        yield model
     finally:
         model.close()
-    return logits, bits_per_weight
 
 
 def gguf_metrics(

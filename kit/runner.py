@@ -1,4 +1,8 @@
-"""`kit run`: the stage notebooks executed in order with papermill, under one MLflow parent run."""
+"""`kit run`: the stage notebooks executed in pipeline order with papermill, under one MLflow parent run.
+
+Pipeline order is ``kit.stage.STAGES``, not the notebooks' numbers: 03_evaluate runs last, after
+merge and quantize have made the artifacts it scores.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """What every stage shares: the stage graph, manifests, and the MLflow run a stage executes in.
 
-Data flows one way: params -> prepare -> train -> (evaluate, merge) -> quantize. Each stage writes
-``<run_dir>/<stage>/manifest.json`` naming its inputs, outputs and metrics; the next stage reads it.
+Data flows one way: params -> prepare -> train -> merge -> quantize, and evaluate scores what train,
+merge and quantize made (base, adapter, merged model, GGUF files), so it runs last. Each stage writes
+``<run_dir>/<stage>/manifest.json`` naming its inputs, outputs and metrics; the stages downstream
+read it. ``run_<stage>`` takes its one upstream stage's manifest, or, for evaluate, which reads
+several, a dict of their manifests by stage: train's always, merge's and quantize's when
+``eval_variants`` scores their artifacts.
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ from typing import Any
 import mlflow
 
 from kit import tracking
-from kit.params import Params, environment_warnings, load_params, parse_overrides
+from kit.params import GGUF_VARIANT_PREFIX, Params, environment_warnings, load_params, parse_overrides
 
-STAGES = ("prepare", "train", "evaluate", "merge", "quantize")
-UPSTREAM: dict[str, str | None] = {
-    "prepare": None,
-    "train": "prepare",
-    "evaluate": "train",
-    "merge": "train",
-    "quantize": "merge",
+STAGES = ("prepare", "train", "merge", "quantize", "evaluate")
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "prepare": (),
+    "train": ("prepare",),
+    "merge": ("train",),
+    "quantize": ("merge",),
+    "evaluate": ("train", "merge", "quantize"),
 }
-NOTEBOOKS = {stage: f"{index:02d}_{stage}.ipynb" for index, stage in enumerate(STAGES, start=1)}
+# The notebooks keep the numbers they were published under, whatever order the stages run in.
+NOTEBOOKS = {
+    "prepare": "01_prepare.ipynb",
+    "train": "02_train.ipynb",
+    "evaluate": "03_evaluate.ipynb",
+    "merge": "04_merge.ipynb",
+    "quantize": "05_quantize.ipynb",
+}
 MANIFEST = "manifest.json"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -64,14 +75,38 @@ def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def upstream_stages(stage: str, params: Params) -> tuple[str, ...]:
+    """The upstream stages ``stage`` reads under ``params``: evaluate reads merge's and quantize's
+    manifests only when it scores the merged model or a GGUF file."""
+    if stage != "evaluate":
+        return UPSTREAM[stage]
+    variants = params.evaluated_variants
+    reads = {
+        "train": True,
+        "merge": "merged" in variants,
+        "quantize": any(variant.startswith(GGUF_VARIANT_PREFIX) for variant in variants),
+    }
+    return tuple(upstream for upstream in UPSTREAM[stage] if reads[upstream])
+
+
+def stage_inputs(
+    stage: str, params: Params, run_dir: Path, parent_run_id: str | None, overrides: list[str]
+) -> dict[str, Any] | None:
+    """What ``run_<stage>`` takes (see the module's docstring); a missing upstream stage is run first."""
+    manifests = {
+        upstream: read_manifest(run_dir, upstream) or run_inline(upstream, params, run_dir, parent_run_id, overrides)
+        for upstream in upstream_stages(stage, params)
+    }
+    if len(UPSTREAM[stage]) > 1:
+        return manifests
+    return next(iter(manifests.values()), None)
+
+
 def run_inline(
     stage: str, params: Params, run_dir: Path, parent_run_id: str | None, overrides: list[str]
 ) -> dict[str, Any]:
     """Run a stage (and any missing upstream stage) in this process, each in its own MLflow run."""
-    upstream = UPSTREAM[stage]
-    inputs = None
-    if upstream:
-        inputs = read_manifest(run_dir, upstream) or run_inline(upstream, params, run_dir, parent_run_id, overrides)
+    inputs = stage_inputs(stage, params, run_dir, parent_run_id, overrides)
     run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         started = time.perf_counter()
@@ -121,13 +156,8 @@ class StageRun:
         atexit.register(self._fail_if_open)
 
     def inputs(self) -> dict[str, Any] | None:
-        """The upstream stage's manifest; a missing upstream stage is run first, in this process."""
-        upstream = UPSTREAM[self.stage]
-        if upstream is None:
-            return None
-        return read_manifest(self.run_dir, upstream) or run_inline(
-            upstream, self.params, self.run_dir, self.parent_run_id or self.run_id, self.overrides
-        )
+        """The upstream manifest(s) the stage takes; a missing upstream stage is run first, in this process."""
+        return stage_inputs(self.stage, self.params, self.run_dir, self.parent_run_id or self.run_id, self.overrides)
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
         tracking.log_metrics({f"{self.stage}/seconds": time.perf_counter() - self._started})

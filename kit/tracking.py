@@ -106,6 +106,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags on the active stage run; outside one there is nothing to tag."""
+    if mlflow.active_run() is not None and tags:
+        mlflow.set_tags(tags)
+
+
 def log_artifact(path: Path, artifact_path: str) -> None:
     """A file or folder into the active stage run; outside one there is nothing to log to."""
     if mlflow.active_run() is None:
@@ -114,3 +120,11 @@ def log_artifact(path: Path, artifact_path: str) -> None:
         mlflow.log_artifacts(str(path), artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_table(rows: list[dict], artifact_file: str) -> None:
+    """Rows with the same keys as an MLflow table (a JSON artifact the UI shows as a table) in the
+    active stage run; outside one there is nothing to log to."""
+    if mlflow.active_run() is None or not rows:
+        return
+    mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, artifact_file)

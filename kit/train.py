@@ -15,10 +15,16 @@ import torch
 
 from kit.distributed import in_launched_process, launch_train, scale_out_arguments
 from kit.formats import IGNORE_INDEX
-from kit.models import fit_embeddings_to_tokenizer, load_causal_lm, load_tokenizer, save_tokenizer
+from kit.models import (
+    attention_implementation,
+    fit_embeddings_to_tokenizer,
+    load_causal_lm,
+    load_tokenizer,
+    save_tokenizer,
+)
 from kit.params import Params
 from kit.stage import write_manifest
-from kit.tracking import log_artifact, log_metrics
+from kit.tracking import log_artifact, log_metrics, set_tags
 
 CHECKPOINTS = "checkpoints"
 # Written last into a checkpoint folder: a folder without it was cut short while saving.
@@ -58,11 +64,21 @@ class PackedRowsCollator:
         return {key: torch.tensor(value) for key, value in batch.items()}
 
 
-def optimizer_name(params: Params) -> str:
-    """transformers' name of the optimizer that runs (Axolotl's, or what runs instead here), printed for the log."""
-    name = params.optimizer_to_run
-    print(f"optimizer: {name}" + ("" if name == params.optimizer else f" (instead of {params.optimizer})"))
-    return name
+def hardware_choices(params: Params) -> dict[str, str]:
+    """What training runs with on this machine, picked from the params and what the device has; printed
+    for the log, and set as the train run's tags."""
+    optimizer = params.optimizer_to_run
+    kernels = [name for name, on in params.liger_kernels.items() if on]
+    choices = {
+        "train.device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "train.attention": attention_implementation(params),
+        "train.compute_dtype": params.compute_dtype,
+        "train.optimizer": optimizer + ("" if optimizer == params.optimizer else f" (instead of {params.optimizer})"),
+        "train.liger_kernels": ", ".join(kernels) or "none",
+    }
+    for tag, choice in choices.items():
+        print(f"{tag.removeprefix('train.')}: {choice}")
+    return choices
 
 
 def _build_model(params: Params, base_model: str, tokenizer):
@@ -206,6 +222,7 @@ def run_train(
     resumed_from = resume_checkpoint(params, checkpoints)
 
     has_validation = "validation" in splits
+    choices = hardware_choices(params)
     arguments = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=params.micro_batch_size,
@@ -219,7 +236,7 @@ def run_train(
         warmup_steps=params.warmup_steps or params.warmup_ratio or 0,
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
-        optim=optimizer_name(params),
+        optim=params.optimizer_to_run,
         bf16=params.compute_dtype == "bfloat16",
         fp16=params.compute_dtype == "float16",
         tf32=params.tf32 if torch.cuda.is_available() else None,
@@ -240,6 +257,8 @@ def run_train(
         dataloader_num_workers=0,
         # Every LoRA (or full) parameter takes part in each step; searching for unused ones costs a graph walk.
         ddp_find_unused_parameters=False,
+        use_liger_kernel=bool(params.liger_kernels),
+        liger_kernel_config=params.liger_kernels or None,
         **scale_out_arguments(params),
     )
     trainer = _make_trainer(
@@ -273,6 +292,7 @@ def run_train(
     if not trainer.is_world_process_zero():
         return {}  # rank 0 logs and writes the outputs; the launching process returns its manifest
     log_metrics(metrics)
+    set_tags(choices)
 
     log_history = out_dir / "log_history.json"
     log_history.write_text(json.dumps(history, indent=1))

@@ -1,4 +1,4 @@
-"""pass@k, prompts and stop sequences, and the evaluate stage end to end on the embedded tiny model."""
+"""pass@k, prompts and stop sequences, variants, and the evaluate stage end to end on the embedded tiny model."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ from kit.benchmarks import (
     mbpp_problems,
     truncate_at_stop,
 )
-from kit.evaluate import results_table, run_evaluate, sample_generations
-from kit.params import Params
+from kit.evaluate import failing_completions, pass_fail_grid, results_table, run_evaluate, styled_grid
+from kit.gguf_export import export_gguf
+from kit.merge import run_merge
+from kit.params import Params, ParamsError, load_params
 from kit.sandbox import ExecutionResult, isolation
 from kit.score import pass_at_k, verdict
 
-from .conftest import SHARED_MBPP
+from .conftest import SHARED_MBPP, SMOKE, smoke_at
+from .test_merge import lora_trained_manifest
 
 # --- pass@k ------------------------------------------------------------------------------------
 
@@ -196,102 +199,183 @@ def test_generation_stops_each_row_at_its_own_stop_sequence(
     assert criteria(batch, scores=None).tolist() == [True, False, False]
 
 
-def _train_manifest(base: Path, adapter_dir: Path | None = None, model_dir: Path | None = None) -> dict:
-    return {
-        "stage": "train",
-        "outputs": {
-            "base_model": str(base),
-            "adapter_dir": str(adapter_dir) if adapter_dir else None,
-            "model_dir": str(model_dir) if model_dir else None,
-            "tokenizer_dir": str(base),
-        },
-    }
+# --- variants ----------------------------------------------------------------------------------
 
 
-def _lora_adapter(base: Path, folder: Path) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+def test_default_variants_are_every_artifact_but_the_f16_gguf() -> None:
+    assert load_params(SMOKE).evaluated_variants == ("base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m")
+    full = load_params(SMOKE, ["adapter=null", "load_in_4bit=false", "gguf_quantizations=[f16, q8_0]"])
+    assert full.evaluated_variants == ("base", "finetuned", "merged", "gguf_f16", "gguf_q8_0")
+    # Chosen variants run in pipeline order, whatever order they are named in.
+    assert load_params(SMOKE, ["eval_variants=[gguf_f16, merged, base]"]).evaluated_variants == (
+        "base",
+        "merged",
+        "gguf_f16",
     )
-    model.save_pretrained(folder)
-    return folder
 
 
-def test_run_evaluate_scores_base_and_adapter(
-    embedded_model: Path, smoke_params: Params, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["eval_variants=[gguf_q5_k_m]"], "`gguf_q5_k_m`: q5_k_m is not in gguf_quantizations"),
+        (["eval_variants=[base, finetuned]"], "`finetuned`: adapter is qlora, so train makes an adapter"),
+        (["adapter=null", "load_in_4bit=false", "eval_variants=[adapter]"], "`adapter`: adapter is null"),
+        (["eval_variants=[bse]"], "`bse`: no artifact has that name"),
+        (["eval_variants=[base, base]"], "named twice"),
+        (["eval_variants=[]"], "at least 1 item"),
+    ],
+)
+def test_invalid_variants_are_refused_naming_the_key(overrides: list[str], reason: str) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(SMOKE, overrides)
+    assert "eval_variants" in str(error.value) and reason in str(error.value)
+
+
+# --- the stage, end to end ---------------------------------------------------------------------
+
+
+def _train_manifest(base: Path, model_dir: Path) -> dict:
+    """What train hands on after a full fine-tune (here the untrained base itself)."""
+    outputs = {"base_model": str(base), "adapter_dir": None, "model_dir": str(model_dir), "tokenizer_dir": str(base)}
+    return {"stage": "train", "outputs": outputs}
+
+
+def _quantize_manifest(model_dir: Path, folder: Path) -> dict:
+    """What quantize hands on, with only the f16 file it always writes."""
+    path = export_gguf(model_dir, folder / "model-f16.gguf", "f16")
+    return {"stage": "quantize", "outputs": {"gguf": {"f16": str(path)}}}
+
+
+def _completions(manifest: dict, variant: str, benchmark: str) -> list[str]:
+    rows = Path(manifest["outputs"]["samples"][variant][benchmark]).read_text().splitlines()
+    return [json.loads(row)["completion"] for row in rows]
+
+
+def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path) -> None:
     import mlflow
 
     benchmarks = ["humaneval", "mbpp"] if SHARED_MBPP.exists() else ["humaneval"]
-    params = smoke_params.model_copy(
-        update={
-            "eval_benchmarks": benchmarks,
-            "eval_limit": 2,
-            "eval_max_new_tokens": 8,
-            "eval_mbpp_path": str(SHARED_MBPP) if SHARED_MBPP.exists() else None,
-        }
-    )
-    trained = _train_manifest(embedded_model, adapter_dir=_lora_adapter(embedded_model, tmp_path / "adapter"))
+    variants = ["base", "adapter", "merged", "gguf_f16"]
+    for key, value in {
+        "eval_benchmarks": benchmarks,
+        "eval_limit": 2,
+        "eval_max_new_tokens": 16,
+        "eval_mbpp_path": str(SHARED_MBPP) if SHARED_MBPP.exists() else None,
+        "eval_variants": variants,
+        "eval_prompt_format": "base",  # one prompt for every variant, so completions can be compared
+    }.items():
+        setattr(smoke_params, key, value)  # validated as a params file is
+    trained = lora_trained_manifest(smoke_params, tmp_path)
+    merged = run_merge(smoke_params, trained, tmp_path / "merge")
+    quantized = _quantize_manifest(Path(merged["outputs"]["model_dir"]), tmp_path)
+    upstream = {"train": trained, "merge": merged, "quantize": quantized}
     with mlflow.start_run() as run:
-        manifest = run_evaluate(params, trained, tmp_path / "evaluate")
+        manifest = run_evaluate(smoke_params, upstream, tmp_path / "evaluate")
     assert manifest["stage"] == "evaluate"
     assert json.loads((tmp_path / "evaluate" / "manifest.json").read_text())["metrics"] == manifest["metrics"]
+    assert manifest["inputs"]["variants"] == {
+        "base": trained["outputs"]["base_model"],
+        "adapter": trained["outputs"]["adapter_dir"],
+        "merged": merged["outputs"]["model_dir"],
+        "gguf_f16": quantized["outputs"]["gguf"]["f16"],
+    }
 
     results_path = Path(manifest["outputs"]["results"])
     assert results_path.is_absolute() and results_path.exists()
     results = json.loads(results_path.read_text())
-    assert set(results) == {"base", "adapter"}
-    for variant in ("base", "adapter"):
+    assert list(results) == variants
+    expected_metrics = set()
+    for variant in variants:
+        assert results[variant]["prompt_format"] == "base"
         for benchmark in benchmarks:
-            scores = results[variant][benchmark]
-            assert scores["num_problems"] == 2 and scores["prompt_format"] == "base"
-            assert scores["isolation"] == isolation()
+            scores = results[variant]["benchmarks"][benchmark]
+            assert scores["num_problems"] == 2 and scores["isolation"] == isolation()
             assert 0.0 <= scores["pass@1"] <= 1.0 and "pass@10" not in scores
-            assert manifest["metrics"][f"eval/{benchmark}/{variant}/pass_at_1"] == scores["pass@1"]
+            assert manifest["metrics"][f"{variant}/{benchmark}/pass_at_1"] == scores["pass@1"]
+            assert manifest["metrics"][f"{variant}/{benchmark}/generation_seconds"] == scores["generation_seconds"]
+            for measure in ("pass_at_1", "generation_seconds", "execution_seconds"):
+                expected_metrics.add(f"{variant}/{benchmark}/{measure}")
+    assert set(manifest["metrics"]) == expected_metrics
+    assert "gguf_f16/humaneval/pass_at_1" in manifest["metrics"]
 
-    assert len(manifest["outputs"]["samples"]) == 2 * len(benchmarks)
-    for path in map(Path, manifest["outputs"]["samples"]):
-        assert path.is_absolute() and path.name.startswith("samples-")
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        assert len(rows) == 2
-        assert {"task_id", "completion", "status", "result"} <= set(rows[0])
-        assert all(row["status"] in ("passed", "failed", "timeout") for row in rows)
-        # The untrained model's completions fail, each with the reason kit score would give.
-        assert all(row["result"] == verdict(ExecutionResult(row["status"], row["stderr_tail"])) for row in rows)
+    for benchmark in benchmarks:
+        # Greedy decoding in fp32: the merged model writes what base + adapter writes, and the
+        # adapter is one that changes what the base writes.
+        assert _completions(manifest, "merged", benchmark) == _completions(manifest, "adapter", benchmark)
+        assert _completions(manifest, "adapter", benchmark) != _completions(manifest, "base", benchmark)
+        assert any(_completions(manifest, "gguf_f16", benchmark))
+
+    for variant, paths in manifest["outputs"]["samples"].items():
+        for path in map(Path, paths.values()):
+            assert path.is_absolute() and path.name.startswith(f"samples-{variant}-")
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            assert len(rows) == 2
+            assert {"task_id", "completion", "status", "result"} <= set(rows[0])
+            # The untrained model's completions fail, each with the reason kit score would give.
+            assert all(row["result"] == verdict(ExecutionResult(row["status"], row["stderr_tail"])) for row in rows)
 
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == pytest.approx(manifest["metrics"])
+    table = mlflow.load_table("problems.json", run_ids=[run.info.run_id])
+    assert len(table) == len(variants) * len(benchmarks) * 2
+    assert set(table.columns) == {"variant", "benchmark", "task_id", "passed", "samples", "pass@1", "first_failure"}
+    first = table.iloc[0].to_dict()
+    assert first["variant"] == "base" and first["task_id"] == "HumanEval/0" and first["samples"] == 1
+    logged_samples = {artifact.path for artifact in mlflow.MlflowClient().list_artifacts(run.info.run_id, "samples")}
+    assert logged_samples == {f"samples/samples-{v}-{b}.jsonl" for v in variants for b in benchmarks}
 
-    table = results_table(manifest)
-    assert list(table.index) == ["base", "adapter"] and list(table.columns) == benchmarks
-    shown = sample_generations(manifest, limit=1)
-    assert len(shown) == 2 * len(benchmarks)
-    assert shown.iloc[0][["variant", "benchmark", "task_id"]].tolist() == ["base", "humaneval", "HumanEval/0"]
+    shown = results_table(manifest)
+    assert list(shown.index) == variants
+    assert list(shown.columns) == ["prompt_format", *(f"{benchmark} pass@1" for benchmark in benchmarks)]
+    grid = pass_fail_grid(manifest, "humaneval")
+    assert list(grid.index) == ["HumanEval/0", "HumanEval/1"] and list(grid.columns) == variants
+    assert grid.loc["HumanEval/0", "base"] == first["pass@1"] and set(grid.stack()) <= {0.0, 1.0}
+    assert "background-color" in styled_grid(grid).to_html()
+    failing = failing_completions(manifest, limit=1)
+    assert len(failing) == len(variants) * len(benchmarks)
+    assert failing.iloc[0][["variant", "benchmark", "task_id"]].tolist() == ["base", "humaneval", "HumanEval/0"]
+    assert all(result.startswith(("failed", "timed out")) for result in failing["result"])
 
 
-def test_run_evaluate_samples_a_full_fine_tune(
-    embedded_model: Path, smoke_params: Params, tmp_path: Path
-) -> None:
-    params = smoke_params.model_copy(
-        update={
-            "eval_benchmarks": ["humaneval"],
-            "eval_limit": 1,
-            "eval_max_new_tokens": 4,
-            "eval_num_samples": 2,
-            "eval_temperature": 0.8,
-        }
+def test_run_evaluate_samples_a_full_fine_tune_and_a_gguf_file(embedded_model: Path, tmp_path: Path) -> None:
+    params = smoke_at(
+        tmp_path,
+        [
+            "adapter=null",
+            "load_in_4bit=false",
+            "eval_variants=[base, finetuned, gguf_f16]",
+            "eval_benchmarks=[humaneval]",
+            "eval_limit=1",
+            "eval_max_new_tokens=4",
+            "eval_num_samples=2",
+            "eval_temperature=0.8",
+        ],
     )
-    manifest = run_evaluate(params, _train_manifest(embedded_model, model_dir=embedded_model), tmp_path)
+    upstream = {
+        "train": _train_manifest(embedded_model, model_dir=embedded_model),
+        "quantize": _quantize_manifest(embedded_model, tmp_path),
+    }
+    manifest = run_evaluate(params, upstream, tmp_path / "evaluate")
     results = json.loads(Path(manifest["outputs"]["results"]).read_text())
-    assert set(results) == {"base", "finetuned"}
-    assert results["finetuned"]["humaneval"]["num_samples"] == 2
-    assert set(manifest["metrics"]) == {"eval/humaneval/base/pass_at_1", "eval/humaneval/finetuned/pass_at_1"}
-    rows = Path(tmp_path / "samples-finetuned-humaneval.jsonl").read_text().splitlines()
-    assert len(rows) == 2
+    assert list(results) == ["base", "finetuned", "gguf_f16"]
+    # eval_prompt_format auto: the base model gets the benchmark's own prompt, the fine-tunes the
+    # task asked in their training format.
+    assert {variant: result["prompt_format"] for variant, result in results.items()} == {
+        "base": "base",
+        "finetuned": "instruct",
+        "gguf_f16": "instruct",
+    }
+    assert {result["benchmarks"]["humaneval"]["num_samples"] for result in results.values()} == {2}
+    assert {name for name in manifest["metrics"] if name.endswith("pass_at_1")} == {
+        f"{variant}/humaneval/pass_at_1" for variant in results
+    }
+    for variant in results:
+        assert len(_completions(manifest, variant, "humaneval")) == 2
 
 
-def test_run_evaluate_needs_the_train_manifest(smoke_params: Params, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="train"):
+def test_run_evaluate_needs_the_manifests_its_variants_come_from(smoke_params: Params, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train stage's manifest"):
         run_evaluate(smoke_params, None, tmp_path)
+    trained = _train_manifest(tmp_path, model_dir=tmp_path)
+    with pytest.raises(ValueError, match="merge stage's manifest"):
+        run_evaluate(smoke_params, {"train": trained}, tmp_path)

@@ -9,8 +9,8 @@ import pytest
 
 from kit.cli import main
 from kit.embedded import build_instruction_dataset
-from kit.formats import ALPACA_NO_INPUT, render, tokenize
-from kit.generate import generate_answers, prompt_text
+from kit.formats import ALPACA_NO_INPUT, prompt_text, render, tokenize
+from kit.generate import generate_answers
 from kit.models import load_tokenizer
 from kit.params import DatasetSpec, Params, load_params
 from kit.prepare import run_prepare

@@ -31,7 +31,8 @@ def test_notebook_is_thin_and_committed_clean(stage):
 
 
 def test_notebooks_run_alone_with_plain_papermill(tmp_path):
-    """The train notebook alone runs the missing prepare stage first; the later ones chain on its folder."""
+    """The train notebook alone runs the missing prepare stage first, and the evaluate notebook the
+    merge and quantize stages its variants need; the merge and quantize notebooks then rerun on that folder."""
     out = tmp_path / "out"
     run_dir = out / "interactive"
     for stage in ("train", "evaluate", "merge", "quantize"):
@@ -47,9 +48,15 @@ def test_notebooks_run_alone_with_plain_papermill(tmp_path):
             cwd=os.getcwd(),
         )
         assert read_manifest(run_dir, stage) is not None
+        if stage == "evaluate":
+            variants = read_manifest(run_dir, "evaluate")["inputs"]["variants"]
+            assert set(variants) == {"base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"}
     assert read_manifest(run_dir, "prepare") is not None
-    executed = json.loads((tmp_path / NOTEBOOKS["quantize"]).read_text())
-    assert any(cell.get("outputs") for cell in executed["cells"] if cell["cell_type"] == "code")
+    for stage in ("evaluate", "quantize"):
+        executed = json.loads((tmp_path / NOTEBOOKS[stage]).read_text())
+        code = [cell for cell in executed["cells"] if cell["cell_type"] == "code"]
+        finished = next(index for index, cell in enumerate(code) if "stage.finish" in "".join(cell["source"]))
+        assert all(cell["outputs"] for cell in code[finished:])  # the stage's results, tables and grids shown
 
 
 def test_prepare_notebook_runs_alone(tmp_path):

@@ -1,4 +1,4 @@
-"""`kit run` on the embedded default: the whole pipeline, and the MLflow record it leaves."""
+"""`kit run` on the embedded default: the stage graph, the whole pipeline, and the MLflow record it leaves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from kit.stage import NOTEBOOKS, STAGES
+from kit.params import load_params
+from kit.stage import NOTEBOOKS, STAGES, stage_inputs, upstream_stages, write_manifest
 
 from .conftest import SMOKE
 
@@ -21,6 +22,25 @@ def _runs(experiment: str):
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return client, runs
+
+
+def test_evaluate_runs_last_and_reads_the_stages_its_variants_come_from(tmp_path):
+    assert STAGES == ("prepare", "train", "merge", "quantize", "evaluate")
+    assert NOTEBOOKS["evaluate"] == "03_evaluate.ipynb" and NOTEBOOKS["quantize"] == "05_quantize.ipynb"
+    every = load_params(SMOKE)
+    assert upstream_stages("evaluate", every) == ("train", "merge", "quantize")
+    assert upstream_stages("evaluate", load_params(SMOKE, ["eval_variants=[base, adapter]"])) == ("train",)
+    assert upstream_stages("evaluate", load_params(SMOKE, ["eval_variants=[gguf_q8_0]"])) == ("train", "quantize")
+
+    for stage in ("train", "merge", "quantize"):
+        write_manifest(tmp_path / stage, stage, inputs={}, outputs={"made_by": stage}, metrics={})
+    # Evaluate takes its upstream manifests by stage; a stage with one upstream takes that manifest.
+    inputs = stage_inputs("evaluate", every, tmp_path, None, [])
+    assert {stage: manifest["outputs"]["made_by"] for stage, manifest in inputs.items()} == {
+        "train": "train", "merge": "merge", "quantize": "quantize"}
+    assert set(stage_inputs("evaluate", load_params(SMOKE, ["eval_variants=[merged]"]), tmp_path, None, [])) == {
+        "train", "merge"}
+    assert stage_inputs("quantize", every, tmp_path, None, [])["outputs"] == {"made_by": "merge"}
 
 
 def test_kit_run_smoke_leaves_a_parent_and_five_finished_stage_runs(tmp_path):
@@ -52,7 +72,11 @@ def test_kit_run_smoke_leaves_a_parent_and_five_finished_stage_runs(tmp_path):
     metrics = {stage: run.data.metrics for stage, run in children.items()}
     assert 0 < metrics["prepare"]["prepare/packing_efficiency"] <= 1
     assert len(client.get_metric_history(children["train"].info.run_id, "train/loss")) == 20
-    assert "eval/humaneval/adapter/pass_at_1" in metrics["evaluate"]
+    for variant in ("base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"):
+        assert f"{variant}/humaneval/pass_at_1" in metrics["evaluate"]
+        assert metrics["evaluate"][f"{variant}/humaneval/generation_seconds"] > 0
+    evaluate_artifacts = {artifact.path for artifact in client.list_artifacts(children["evaluate"].info.run_id)}
+    assert {"problems.json", "samples"} <= evaluate_artifacts
     assert metrics["merge"]["merge/top1_agreement"] == 1.0
     assert metrics["quantize"]["gguf/q8_0/top1_agreement"] > 0.9
     assert "pipeline/seconds" in parent.data.metrics

@@ -9,6 +9,7 @@ compared only under the same versions. To re-record them after an intended chang
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -29,9 +30,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 from kit import tracking
 from kit.formats import IGNORE_INDEX
 from kit.models import load_tokenizer
-from kit.params import load_params
+from kit.params import environment_warnings, load_params
 from kit.prepare import run_prepare
-from kit.train import PackedRowsCollator, _build_model, optimizer_name, run_train
+from kit.train import PackedRowsCollator, _build_model, hardware_choices, run_train
 
 from .conftest import ROOT, SMOKE, logged_losses
 from .conftest import smoke_at as smoke
@@ -159,6 +160,11 @@ def test_the_run_is_tracked_with_throughput_memory_and_artifacts(reference, prep
     assert all(point.value > 0 for point in throughput)
     artifacts = {entry.path for folder in ("adapter", "figures") for entry in client.list_artifacts(run_id, folder)}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "figures/loss.png"} <= artifacts
+    tags = client.get_run(run_id).data.tags
+    assert {key: tags[key] for key in tags if key.startswith("train.")} == {
+        "train.device": "cpu", "train.attention": "sdpa", "train.compute_dtype": "float32",
+        "train.optimizer": "adamw_torch", "train.liger_kernels": "none",
+    }
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(folder, prepared, reference):
@@ -267,6 +273,24 @@ def test_a_packed_batch_has_the_loss_of_its_samples_unpacked():
     torch.testing.assert_close(packed_loss, unpacked_loss)
 
 
-def test_paged_optimizers_fall_back_on_a_cpu():
-    params = load_params(SMOKE, ["optimizer=paged_adamw_32bit"])
-    assert optimizer_name(params) == ("paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a CPU-only machine picks")
+def test_a_cpu_runs_unpaged_unfused_without_liger_and_says_so(capsys):
+    params = load_params(SMOKE, ["optimizer=paged_adamw_32bit", "liger_fused_linear_cross_entropy=true", "bf16=true",
+                                 "flash_attention=true"])
+    assert hardware_choices(params) == {
+        "train.device": "cpu", "train.attention": "sdpa", "train.compute_dtype": "float32",
+        "train.optimizer": "adamw_torch (instead of paged_adamw_32bit)", "train.liger_kernels": "none",
+    }
+    assert "optimizer: adamw_torch (instead of paged_adamw_32bit)\n" in capsys.readouterr().out
+    warned = {warning.split(":")[0] for warning in environment_warnings(params)}
+    assert {"optimizer", "liger_fused_linear_cross_entropy", "bf16", "flash_attention"} <= warned
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="what a CUDA GPU picks")
+def test_a_gpu_runs_paged_fused_and_liger_where_installed():
+    params = load_params(SMOKE, ["optimizer=adamw_torch", "bf16=auto", "liger_rope=false"])
+    assert params.optimizer_to_run == "adamw_torch_fused" and params.compute_dtype == "bfloat16"
+    assert load_params(SMOKE, ["optimizer=paged_adamw_32bit"]).optimizer_to_run == "paged_adamw_32bit"
+    if importlib.util.find_spec("liger_kernel"):
+        assert params.liger_kernels == {"rope": False, "rms_norm": True, "swiglu": True,
+                                        "fused_linear_cross_entropy": True, "cross_entropy": False}
