@@ -20,7 +20,7 @@ from typing import Any
 
 from kit import tracking
 from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, prompt_format_for
-from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
+from kit.models import inference_device, load_adapter_base, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import GGUF_VARIANT_PREFIX, Params
 from kit.quantize import llama_model
 from kit.sandbox import isolation, run_programs
@@ -215,12 +215,13 @@ def variant_sources(params: Params, upstream: dict[str, dict]) -> dict[str, str]
 
 
 def _hf_model(variant: str, source: str, base_model: str, params: Params, tokenizer, loaded_base=None):
-    """A transformers variant's model, unquantized (as a merged model is served); the adapter goes onto
-    ``loaded_base`` when the base is already in memory."""
+    """A transformers variant's model, unquantized (as a merged model is served). The adapter goes onto
+    the base it trained against (a QLoRA adapter: the dequantized NF4 base, as the default merge), or
+    onto ``loaded_base``, the original base already in memory, when that is the one."""
     if variant != "adapter":
         return load_causal_lm(source, params, quantize=False)
-    if loaded_base is None:
-        loaded_base = load_causal_lm(base_model, params, quantize=False)
+    if loaded_base is None or params.load_in_4bit:
+        loaded_base = load_adapter_base(base_model, params, dequantized=params.load_in_4bit)
     return with_adapter(loaded_base, source, tokenizer)
 
 
@@ -289,7 +290,7 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
         score_variant(variant, functools.partial(generate_completions, model, tokenizer, params=params))
         # The adapter wraps the base already in memory rather than a second copy; any other model is
         # freed before the next loads, so that two full models need not fit at once.
-        loaded_base = model if variant == "base" and "adapter" in variants else None
+        loaded_base = model if variant == "base" and "adapter" in variants and not params.load_in_4bit else None
         del model
         _free_memory()
 

@@ -6,21 +6,22 @@ from typing import Any
 
 from kit.evaluate import decoded_continuation
 from kit.formats import prompt_text
-from kit.models import inference_device, load_causal_lm, load_tokenizer, with_adapter
+from kit.models import inference_device, load_adapter_base, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import Params
 
 
 def load_trained_model(params: Params, trained: dict[str, Any]):
     """(model, tokenizer): the base with the adapter on it, or the full fine-tune, ready to generate.
 
-    The base is loaded unquantized, as evaluate scores the fine-tune and as a merged model is served.
+    The base is loaded unquantized, as evaluate scores the fine-tune and as a merged model is served: for a
+    QLoRA adapter the dequantized NF4 base it trained against.
     """
     outputs = trained["outputs"]
     tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
     if outputs.get("model_dir"):
         model = load_causal_lm(outputs["model_dir"], params, quantize=False)
     else:
-        base = load_causal_lm(outputs["base_model"], params, quantize=False)
+        base = load_adapter_base(outputs["base_model"], params, dequantized=params.load_in_4bit)
         model = with_adapter(base, outputs["adapter_dir"], tokenizer)
     return model.to(inference_device()).eval(), tokenizer
 

@@ -67,6 +67,20 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
     )
 
 
+def load_adapter_base(name_or_path: str, params: Params, dequantized: bool, dtype: str | None = None):
+    """The unquantized base a LoRA adapter goes on (to run or to merge into).
+
+    ``dequantized``: the base quantized to NF4 as QLoRA training loaded it, then every Linear4bit replaced
+    by a plain Linear holding its dequantized weight (transformers' ``dequantize``, on bitsandbytes):
+    the weights the adapter trained against, so base + adapter is the model as trained
+    (reports/merge.md). Otherwise the original full-precision weights.
+    """
+    if dequantized:
+        quantized = load_causal_lm(name_or_path, params, quantize=True, dtype=dtype)
+        return quantized.dequantize(dtype=torch_dtype(dtype or params.compute_dtype))
+    return load_causal_lm(name_or_path, params, quantize=False, dtype=dtype)
+
+
 def fit_embeddings_to_tokenizer(model, tokenizer):
     """Grow the embeddings for tokens the params added; never shrink a vocabulary padded for speed."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:

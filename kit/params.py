@@ -55,6 +55,12 @@ GGUF_TYPES = (
     "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s",
     "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs",
 )
+# The merge check's default bound on merge/max_abs_logit_diff, by merge_dtype. Merged and unmerged models
+# round differently: float32 only in the order of its sums; float16 keeps 11 significant bits and
+# bfloat16 8, so at logits of 16 to 32 one rounding of the logit alone moves it by up to 0.016 and
+# 0.125. The bounds leave room for that rounding through 32 layers of a 7B model, and stay below the
+# logit changes of a broken merge (a missing or mis-scaled adapter). See reports/merge.md.
+MERGE_LOGIT_DIFF_LIMITS = {"float32": 0.01, "float16": 0.25, "bfloat16": 2.0}
 # An evaluated GGUF file is named by its type: gguf_q4_k_m.
 GGUF_VARIANT_PREFIX = "gguf_"
 
@@ -233,6 +239,20 @@ class Params(_Strict):
 
     # --- merge and quantize (tunebook) ---
     merge_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    # Axolotl has no key for this: its merge reloads the original base.
+    merge_base: Literal["dequantized", "original"] | None = Field(
+        None,
+        description="the base a QLoRA adapter is merged into: `dequantized`, the NF4 base training used, "
+        "dequantized to merge_dtype, so the merged model predicts as the adapter did in training; or "
+        "`original`, the full-precision base, which the adapter never saw (see reports/merge.md). "
+        "Default: dequantized for a 4-bit base; other adapters trained on the original",
+    )
+    merge_max_logit_diff: float | None = Field(
+        None,
+        gt=0,
+        description="largest merge/max_abs_logit_diff (merged model vs base + adapter) the merge stage "
+        "accepts; default by merge_dtype: float32 0.01, float16 0.25, bfloat16 2.0",
+    )
     gguf_quantizations: list[Literal[GGUF_TYPES]] = ["q8_0", "q4_k_m"]  # type: ignore[valid-type]
 
     # --- the embedded default's base model builder (tunebook) ---
@@ -284,6 +304,11 @@ class Params(_Strict):
             raise ValueError(
                 "eval_prompt_format: instruct asks in the first dataset's training format, but its type is "
                 "completion, which has no prompt; use base or auto"
+            )
+        if self.merge_base == "dequantized" and not self.load_in_4bit:
+            raise ValueError(
+                "merge_base: dequantized is for an adapter trained on a 4-bit base (load_in_4bit); this adapter "
+                "trained on the original base, which merge uses"
             )
         if self.embedded_hidden_size % self.embedded_num_heads:
             raise ValueError("embedded_hidden_size must be a multiple of embedded_num_heads")
@@ -423,6 +448,19 @@ class Params(_Strict):
         )
 
     @property
+    def merge_base_used(self) -> Literal["dequantized", "original"]:
+        """``merge_base``; by default the weights the adapter trained against: the dequantized NF4 base for a
+        4-bit base, where it reproduces the trained model and the original base does not (reports/merge.md)."""
+        if self.merge_base is not None:
+            return self.merge_base
+        return "dequantized" if self.load_in_4bit else "original"
+
+    @property
+    def merge_logit_diff_limit(self) -> float:
+        """``merge_max_logit_diff``, else a bound for ``merge_dtype``'s rounding on a 7B-sized model."""
+        return self.merge_max_logit_diff or MERGE_LOGIT_DIFF_LIMITS[self.merge_dtype]
+
+    @property
     def uses_embedded_model(self) -> bool:
         return self.base_model == EMBEDDED_MODEL
 
@@ -546,13 +584,19 @@ def environment_warnings(params: Params) -> list[str]:
     for key, instead in NOT_YET_HONOURED.items():
         if getattr(params, key) is not None:
             warnings.append(f"{key}: not supported yet; {instead}")
-    if params.hub_model_id:
-        reason = "pushing is not supported yet" if _hub_token_available() else "no Hugging Face token here"
-        warnings.append(f"hub_model_id: {reason}; the merged model is not pushed")
+    hub_unavailable = hub_unavailable_reason()
+    if params.hub_model_id and hub_unavailable:
+        warnings.append(f"hub_model_id: {hub_unavailable}; the merged model is not pushed")
     return warnings
 
 
-def _hub_token_available() -> bool:
-    from huggingface_hub import get_token
+def hub_unavailable_reason() -> str | None:
+    """Why nothing can be pushed to the Hugging Face Hub from here, or None where it can."""
+    from huggingface_hub import constants, get_token
 
-    return get_token() is not None and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")
+    # Read now, not at import as huggingface_hub does, so a notebook can change it before merging.
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES:
+        return "HF_HUB_OFFLINE is set"
+    if get_token() is None:
+        return "no Hugging Face token here (`hf auth login`, or set HF_TOKEN)"
+    return None

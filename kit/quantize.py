@@ -1,8 +1,9 @@
 """Quantize: the merged model as GGUF files for llama.cpp, each checked against the merged model.
 
 An f16 GGUF is exported first; every type in ``gguf_quantizations`` is made from it by llama.cpp's
-own quantizer. Each file is then loaded in llama.cpp and run on held-out code: its perplexity and
-how often its next-token choice matches the merged Hugging Face model's show what quantizing cost.
+own quantizer; the time of the conversion and of each quantization is recorded. Each file is then
+loaded in llama.cpp and run on held-out code: its perplexity and how often its next-token choice
+matches the merged Hugging Face model's show what quantizing cost.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,16 +34,15 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
         raise ValueError("quantize needs the merge stage's manifest")
     model_dir = Path(merged["outputs"]["model_dir"])
     out_dir = out_dir.resolve()
-    source = export_gguf(model_dir, out_dir / f"model-{SOURCE_TYPE}.gguf", SOURCE_TYPE)
-    gguf_paths = {SOURCE_TYPE: source}
-    for gguf_type in params.gguf_quantizations:
-        if gguf_type in gguf_paths:
-            continue
+    gguf_paths, seconds = {}, {}
+    for gguf_type in dict.fromkeys([SOURCE_TYPE, *params.gguf_quantizations]):
         target = out_dir / f"model-{gguf_type}.gguf"
-        if gguf_type in OUT_TYPES:  # written straight from the weights, not via f16
+        started = time.perf_counter()
+        if gguf_type in OUT_TYPES:  # written straight from the weights
             gguf_paths[gguf_type] = export_gguf(model_dir, target, gguf_type)
         else:
-            gguf_paths[gguf_type] = quantize_gguf(source, target, gguf_type)
+            gguf_paths[gguf_type] = quantize_gguf(gguf_paths[SOURCE_TYPE], target, gguf_type)
+        seconds[gguf_type] = time.perf_counter() - started
 
     token_ids = held_out_token_ids(load_tokenizer(str(model_dir), params))
     merged_model = load_causal_lm(str(model_dir), params, quantize=False, dtype="float32")
@@ -50,6 +51,7 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
     metrics = {"merged/perplexity": perplexity(merged_logits, token_ids)}
     for gguf_type, path in gguf_paths.items():
         metrics.update(gguf_metrics(path, gguf_type, token_ids, merged_logits))
+        metrics[f"gguf/{gguf_type}/seconds"] = seconds[gguf_type]
 
     log_metrics(metrics)
     return write_manifest(
@@ -147,16 +149,31 @@ def perplexity(logits: list[np.ndarray], token_ids: list[list[int]]) -> float:
 
 
 def gguf_table(quantized: dict[str, Any]):
-    """One row per GGUF type (and the merged model's perplexity), from a quantize manifest."""
+    """One row per GGUF type (and the merged model's perplexity), from a quantize manifest; ``seconds`` is
+    the time of f16's conversion and of each other type's quantization."""
     import pandas as pd
 
     metrics = quantized["metrics"]
-    columns = ("size_mb", "bits_per_weight", "perplexity", "top1_agreement")
+    columns = ("size_mb", "bits_per_weight", "perplexity", "top1_agreement", "seconds")
     rows = {
         gguf_type: {column: metrics[f"gguf/{gguf_type}/{column}"] for column in columns}
         for gguf_type in quantized["outputs"]["gguf"]
     }
     rows["merged"] = {"perplexity": metrics["merged/perplexity"]}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(columns))
+    table.index.name = "type"
+    return table
+
+
+def gguf_generations(quantized: dict[str, Any], prompt: str, max_tokens: int):
+    """Each GGUF file's greedy continuation of ``prompt`` in llama.cpp, one row per type."""
+    import pandas as pd
+
+    completions = {}
+    for gguf_type, path in quantized["outputs"]["gguf"].items():
+        with llama_model(Path(path)) as model:
+            response = model.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
+        completions[gguf_type] = response["choices"][0]["text"]
+    table = pd.DataFrame({"completion": completions})
     table.index.name = "type"
     return table

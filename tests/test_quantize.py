@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gguf
@@ -12,13 +13,29 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kit.embedded import build_base_model
-from kit.gguf_export import export_gguf
+from kit.embedded import build_base_model, stdlib_corpus
+from kit.gguf_export import QWEN2_PRE_TOKENIZER_PATTERN, export_gguf
 from kit.merge import run_merge
 from kit.params import GGUF_TYPES, Params
-from kit.quantize import gguf_table, llama_file_type, run_quantize
+from kit.quantize import gguf_generations, gguf_table, llama_file_type, llama_model, run_quantize
 
 CODE_WITH_UNICODE = 'def grüße(name: str) -> str:\n    return f"¡Hola, {name}! → ✓ 😀"  # naïve\n'
+# What a tokenizer converted wrongly is likely to split differently: indentation and whitespace
+# runs, digits, punctuation runs, contractions, accents, CJK, emoji (4-byte UTF-8), a leading space.
+VARIED_TEXTS = (
+    CODE_WITH_UNICODE,
+    "class Stack:\n\tdef pop(self):\n\t\treturn self.items.pop()\n\n\n",
+    "x    =  [1, 22, 333, 4444]   \n        # trailing   \n",
+    " leading space, then   three; it's we'll THEY'RE",
+    "print('你好，世界')  # 中文注释 and 日本語のテキスト",
+    "emoji 🚀🔥 👩‍💻 and ZWJ; math ∑ ∫ ≠ ≤; arrows ⇒ ←",
+    "if a!=b and c<=d: return {'k': v**2 for k, v in d.items()}",
+)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 @pytest.fixture()
@@ -30,41 +47,207 @@ def merged(smoke_params: Params, tmp_path: Path) -> dict:
     return run_merge(smoke_params, trained, tmp_path / "merge")
 
 
+@pytest.fixture(scope="module")
+def qwen2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer built as Qwen2's is (NFC, Qwen2's split, byte-level), trained here."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRE_TOKENIZER_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator([stdlib_corpus(300_000)], trainer)
+    bpe.add_special_tokens(list(QWEN2_SPECIAL_TOKENS))  # after the vocabulary, as Qwen2's
+    tokenizer = Qwen2Tokenizer(
+        tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("qwen2-tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_qwen2(tokenizer_dir: Path, folder: Path, tie_word_embeddings: bool) -> Path:
+    """A two-layer Qwen2 (GQA, q/k/v biases, rope theta 1e6) with random fp32 weights and a padded vocabulary."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shutil.copytree(tokenizer_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = Qwen2Config(
+        vocab_size=1024,  # beyond the tokenizer's 1003, as Qwen2 pads its embeddings
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch.float32)
+    with torch.no_grad():  # random biases, so that a dropped or misplaced bias shows in the logits
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                projection.bias.normal_(std=0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def qwen2_dir(request, qwen2_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen2(qwen2_tokenizer_dir, tmp_path_factory.mktemp("qwen2") / "model", request.param)
+
+
 def field_value(reader: gguf.GGUFReader, key: str):
-    return reader.get_field(key).contents()
+    field = reader.get_field(key)
+    return None if field is None else field.contents()
 
 
-def test_f16_gguf_matches_the_hf_model_and_tokenizer(merged: dict, tmp_path: Path) -> None:
-    model_dir = Path(merged["outputs"]["model_dir"])
-    path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
+def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> None:
+    """The GGUF's hyperparameters and tokenizer are the Hugging Face config's and tokenizer's."""
     config = json.loads((model_dir / "config.json").read_text())
-
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     reader = gguf.GGUFReader(path)
-    assert field_value(reader, "general.architecture") == "llama"
-    assert field_value(reader, "llama.block_count") == config["num_hidden_layers"]
-    assert field_value(reader, "llama.attention.head_count_kv") == config["num_key_value_heads"]
+    assert field_value(reader, "general.architecture") == architecture
+    expected = {
+        "context_length": config["max_position_embeddings"],
+        "embedding_length": config["hidden_size"],
+        "block_count": config["num_hidden_layers"],
+        "feed_forward_length": config["intermediate_size"],
+        "attention.head_count": config["num_attention_heads"],
+        "attention.head_count_kv": config["num_key_value_heads"],
+        "rope.dimension_count": config["hidden_size"] // config["num_attention_heads"],
+        "rope.freq_base": config["rope_parameters"]["rope_theta"],
+        "attention.layer_norm_rms_epsilon": config["rms_norm_eps"],
+    }
+    for key, value in expected.items():
+        assert field_value(reader, f"{architecture}.{key}") == pytest.approx(value), key
+
+    tokens = field_value(reader, "tokenizer.ggml.tokens")
+    assert len(tokens) == config["vocab_size"]
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id < config["vocab_size"]:
+            assert tokens[token_id] == token
+    special_ids = {"eos": tokenizer.eos_token_id, "padding": tokenizer.pad_token_id, "unknown": tokenizer.unk_token_id,
+                   "bos": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else config["bos_token_id"]}
+    for kind, token_id in special_ids.items():
+        assert field_value(reader, f"tokenizer.ggml.{kind}_token_id") == token_id, kind
+    token_types = field_value(reader, "tokenizer.ggml.token_type")
+    assert {token_types[special] for special in tokenizer.all_special_ids} <= {gguf.TokenType.CONTROL,
+                                                                                gguf.TokenType.UNKNOWN}
+    adds_bos = tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    assert field_value(reader, "tokenizer.ggml.add_bos_token") == adds_bos
+    assert field_value(reader, "tokenizer.chat_template") == tokenizer.chat_template
+
+
+def assert_logits_match(path: Path, model_dir: Path, text: str, max_abs_diff: float, min_top1: float) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    token_ids = tokenizer(text)["input_ids"]
+    with llama_model(path, n_ctx=len(token_ids), n_batch=len(token_ids), logits_all=True) as llama:
+        llama.eval(token_ids)
+        gguf_logits = np.array(llama.scores[: len(token_ids)])
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_logits = hf_model(torch.tensor([token_ids])).logits[0].numpy()
+    assert np.abs(gguf_logits - hf_logits).max() < max_abs_diff
+    assert (gguf_logits.argmax(-1) == hf_logits.argmax(-1)).mean() >= min_top1
+
+
+def test_f16_llama_gguf_matches_the_hf_model_and_tokenizer(merged: dict, tmp_path: Path) -> None:
+    model_dir = Path(merged["outputs"]["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", "[INST]").replace("<|im_end|>", "[/INST]")
+    tokenizer.save_pretrained(model_dir)
+    path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
+
+    assert_metadata_matches(path, model_dir, "llama")
+    reader = gguf.GGUFReader(path)
     assert field_value(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
-    assert len(field_value(reader, "tokenizer.ggml.tokens")) == config["vocab_size"]
     tensor_types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
     assert tensor_types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
     assert tensor_types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    llama = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False)
-    try:
-        token_ids = llama.tokenize(CODE_WITH_UNICODE.encode(), add_bos=True)
-        assert token_ids == tokenizer(CODE_WITH_UNICODE)["input_ids"]
-        assert llama.detokenize(token_ids).decode() == CODE_WITH_UNICODE
-        llama.eval(token_ids)
-        gguf_logits = np.array(llama.scores[: len(token_ids)])
-    finally:
-        llama.close()
-    with torch.no_grad():
-        hf_logits = hf_model(torch.tensor([token_ids])).logits[0].numpy()
     # Wrongly permuted q/k rows or misnamed tensors would move the logits far more than f16 rounding.
-    assert np.abs(gguf_logits - hf_logits).max() < 0.02
-    assert (gguf_logits.argmax(-1) == hf_logits.argmax(-1)).mean() >= 0.95
+    assert_logits_match(path, model_dir, CODE_WITH_UNICODE, max_abs_diff=0.02, min_top1=0.99)
+
+
+def test_f16_qwen2_gguf_matches_the_hf_model_and_tokenizer(qwen2_dir: Path, tmp_path: Path) -> None:
+    path = export_gguf(qwen2_dir, tmp_path / "model-f16.gguf")
+
+    assert_metadata_matches(path, qwen2_dir, "qwen2")
+    reader = gguf.GGUFReader(path)
+    assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field_value(reader, "tokenizer.ggml.pre") == "qwen2"
+    tensor_types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert tensor_types["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
+    tied = json.loads((qwen2_dir / "config.json").read_text())["tie_word_embeddings"]
+    assert ("output.weight" in tensor_types) is not tied  # tied: llama.cpp reads token_embd instead
+    text = "".join(VARIED_TEXTS)
+    assert_logits_match(path, qwen2_dir, text, max_abs_diff=0.01, min_top1=0.99)
+
+
+def test_bf16_export_is_read_by_llama_cpp(qwen2_dir: Path, tmp_path: Path) -> None:
+    path = export_gguf(qwen2_dir, tmp_path / "model-bf16.gguf", "bf16")
+
+    reader = gguf.GGUFReader(path)
+    assert field_value(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_BF16
+    tensor_types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert tensor_types["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.BF16
+    # bf16 keeps 8 significant bits to f16's 11: looser bounds, still far below a wrong layout's error.
+    assert_logits_match(path, qwen2_dir, CODE_WITH_UNICODE, max_abs_diff=0.05, min_top1=0.95)
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["sentencepiece", "byte-level-bpe"])
+def test_llama_cpp_tokenizes_as_the_hf_tokenizer(
+    tokenizer_kind: str, smoke_params: Params, qwen2_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    if tokenizer_kind == "sentencepiece":
+        model_dir = build_base_model(smoke_params)
+    else:
+        model_dir = build_tiny_qwen2(qwen2_tokenizer_dir, tmp_path / "qwen2", tie_word_embeddings=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
+    specials = [tokenizer.decode([token_id]) for token_id in tokenizer.all_special_ids]
+    with_specials = f"{specials[0]}user\nfix this{specials[-1]}\n{VARIED_TEXTS[1]}{specials[-1]}"
+
+    with llama_model(path, n_ctx=512) as llama:
+        for text in (*VARIED_TEXTS, with_specials):
+            # add_bos=True lets llama.cpp add BOS where the file's add_bos_token says to.
+            token_ids = llama.tokenize(text.encode(), add_bos=True, special=True)
+            if tokenizer_kind == "sentencepiece" and text.startswith(" "):
+                # transformers' Llama tokenizer drops a leading space (its decode loses it); llama.cpp
+                # tokenizes such text as SentencePiece itself does, which keeps it.
+                assert token_ids == [tokenizer.bos_token_id, *sentencepiece_ids(model_dir, text)], text
+            elif tokenizer_kind == "sentencepiece" and text == with_specials:
+                # llama.cpp puts SentencePiece's space before text that follows a special token, as
+                # Llama's original (legacy) tokenizer does; the embedded one is non-legacy and does not.
+                assert token_ids == legacy_llama_tokenizer(model_dir)(text)["input_ids"]
+            else:
+                assert token_ids == tokenizer(text)["input_ids"], text
+            if text != with_specials:  # llama.cpp drops BOS and the space SentencePiece put before the text
+                assert llama.detokenize(token_ids).decode() == text
+
+
+def legacy_llama_tokenizer(model_dir: Path):
+    from transformers import LlamaTokenizer
+
+    return LlamaTokenizer.from_pretrained(model_dir, legacy=True, from_slow=True)
+
+
+def sentencepiece_ids(model_dir: Path, text: str) -> list[int]:
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model")).encode(text)
 
 
 def test_run_quantize_writes_and_checks_every_type(smoke_params: Params, merged: dict, tmp_path: Path) -> None:
@@ -83,15 +266,28 @@ def test_run_quantize_writes_and_checks_every_type(smoke_params: Params, merged:
     assert metrics["gguf/f16/perplexity"] == pytest.approx(merged_perplexity, rel=0.01)
     assert metrics["gguf/q8_0/perplexity"] == pytest.approx(merged_perplexity, rel=0.05)
     assert 0 < metrics["gguf/q4_k_m/top1_agreement"] <= 1
+    assert all(metrics[f"gguf/{gguf_type}/seconds"] > 0 for gguf_type in paths)  # conversion, quantizations
     table = gguf_table(manifest)
     assert table.loc["q8_0", "perplexity"] == metrics["gguf/q8_0/perplexity"]
+    assert table.loc["q4_k_m", "seconds"] == metrics["gguf/q4_k_m/seconds"]
     assert table.loc["merged", "perplexity"] == merged_perplexity
+    generations = gguf_generations(manifest, "def add(a, b):\n", max_tokens=4)
+    assert list(generations.index) == list(paths) and all(generations["completion"].str.len() > 0)
 
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel is not supported"):
         export_gguf(tmp_path, tmp_path / "model.gguf")
+
+
+def test_a_bpe_tokenizer_that_splits_unlike_qwen2_is_refused(qwen2_dir: Path, tmp_path: Path) -> None:
+    model_dir = Path(shutil.copytree(qwen2_dir, tmp_path / "model"))
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+    tokenizer_json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{N}{1,3}|\s+|\S+"
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    with pytest.raises(ValueError, match="not Qwen2's"):
+        export_gguf(model_dir, tmp_path / "model.gguf")
 
 
 def test_every_params_gguf_type_has_a_llama_cpp_file_type() -> None:
