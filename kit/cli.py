@@ -1,5 +1,5 @@
 """The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model,
-score a file of completions, check a GPU."""
+score a file of completions, compare runs or rerun one, check a GPU."""
 
 from __future__ import annotations
 
@@ -103,6 +103,44 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from kit.compare import CompareError, default_tracking_uri, load_comparison
+    from kit.report import log_report, write_report
+
+    try:
+        comparison = load_comparison(args.tracking_uri or default_tracking_uri(), args.experiment, args.runs)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    files = write_report(comparison, args.out)
+    run_id = log_report(comparison, files)
+    print(
+        f"compared {len(comparison.runs)} run(s) of {comparison.experiment!r}\n{files.html}\n{files.summary}\n"
+        f"logged on compare run {run_id}"
+    )
+    return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    from kit.compare import CompareError, default_tracking_uri, load_comparison
+    from kit.rerun import rerun
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        result = rerun(args.run_id, tracking_uri)
+    except CompareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.failed_stage:
+        return 1
+    agreement = load_comparison(tracking_uri, run_ids=[args.run_id, result.parent_run_id]).reruns.iloc[0]
+    print(
+        f"rerun {result.parent_run_id} of {args.run_id}: {agreement['identical metrics']} metrics identical "
+        f"(differing: {agreement['differing']})"
+    )
+    return 0
+
+
 def _gpu_check(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -177,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--k", type=_ks, default=PASS_AT_K, metavar="K,K,...", help=f"pass@k for these k ({ks})")
     score.add_argument("--mbpp-path", help="a local MBPP jsonl instead of the Hub's")
     score.set_defaults(handler=_score)
+
+    compare = commands.add_parser(
+        "compare",
+        help="pipeline runs side by side: reports/<experiment>/report.html and summary.md, also logged to MLflow",
+    )
+    compare.add_argument("--experiment", help="compare every pipeline run of this MLflow experiment")
+    compare.add_argument("--runs", nargs="+", default=[], metavar="ID", help="compare these pipeline runs")
+    compare.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
+    compare.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)")
+    compare.set_defaults(handler=_compare)
+
+    rerun = commands.add_parser(
+        "rerun",
+        help="run a past pipeline again from its logged params file and overrides; warns where the git "
+        "commit or package versions differ, and says which metrics came out identical",
+    )
+    rerun.add_argument("run_id", help="the pipeline (parent) run")
+    rerun.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)")
+    rerun.set_defaults(handler=_rerun)
 
     gpu_check = commands.add_parser(
         "gpu-check",

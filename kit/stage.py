@@ -45,6 +45,13 @@ MANIFEST = "manifest.json"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+def enter_project_root() -> None:
+    """JupyterLab starts a notebook's kernel in notebooks/; relative paths (output_dir, the MLflow
+    store, reports/) mean the same as from the CLI only when resolved from the project root."""
+    if Path.cwd() == PROJECT_DIR / "notebooks":
+        os.chdir(PROJECT_DIR)
+
+
 def stage_function(stage: str) -> Callable[[Params, dict[str, Any] | None, Path], dict[str, Any]]:
     """``kit.<stage>.run_<stage>``, imported when needed (each pulls in heavy libraries)."""
     return getattr(importlib.import_module(f"kit.{stage}"), f"run_{stage}")
@@ -133,10 +140,7 @@ class StageRun:
         parent_run_id: str = "",
         mlflow_run_id: str = "",
     ) -> None:
-        # JupyterLab starts a notebook's kernel in notebooks/; relative paths in params (output_dir,
-        # the MLflow store) mean the same as from the CLI only when resolved from the project root.
-        if Path.cwd() == PROJECT_DIR / "notebooks":
-            os.chdir(PROJECT_DIR)
+        enter_project_root()
         self.stage = stage
         # Values written back as JSON, which YAML reads as they were (a Python None would come back as "None").
         self.overrides = [f"{key}={json.dumps(value)}" for key, value in parse_overrides(overrides).items()]
