@@ -11,8 +11,6 @@ variants, and a train loss logged at every step. The command is timed as a perso
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ from kit.params import load_params
 from kit.report import log_report, write_report
 
 from .benchmark_prepare import machine
+from .benchmarking import versions
 from .mlflow_runs import log_pipeline_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +43,8 @@ GOAL_SECONDS = 15.0
 GOAL_HTML_MB = 5.0
 LEARNING_RATES = (1e-3, 5e-4, 2e-4, 1e-4)
 LORA_RANKS = (8, 16, 32, 64, 128)
+
+REPORTED_PACKAGES = ("mlflow", "pandas", "matplotlib")
 
 
 def make_experiment(uri: str, name: str, num_runs: int, steps: int) -> list[str]:
@@ -137,7 +138,7 @@ def render_report(result: dict[str, Any]) -> str:
         "Written by `.venv/bin/python -m tests.benchmark_compare` (from the repository root, about a minute);",
         "rerun it to refresh every number here.",
         "",
-        f"Measured {date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Measured {date.today().isoformat()} on {machine()}; {versions(REPORTED_PACKAGES)}.",
         "",
         "## Setup",
         "",
@@ -167,12 +168,6 @@ def render_report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in ("mlflow", "pandas", "matplotlib")]
-    return ", ".join(listed)
 
 
 def main() -> None:

@@ -11,9 +11,7 @@ each batch size are compared with those of one prompt at a time and the agreemen
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 import statistics
 import time
 from datetime import date
@@ -28,6 +26,7 @@ from kit.models import inference_device, load_causal_lm, load_tokenizer, resolve
 from kit.params import Params, load_params
 
 from .benchmark_prepare import machine
+from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -138,12 +137,6 @@ def measure(
     }
 
 
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in REPORTED_PACKAGES]
-    return ", ".join(listed)
-
-
 def stopping_note(result: dict[str, Any]) -> str:
     full, problems = result["full_length"], result["problems"]
     if full < problems:
@@ -166,7 +159,8 @@ def render_report(result: dict[str, Any]) -> str:
         "Written by `.venv/bin/python -m tests.benchmark_generate` (from the repository root, under 2 minutes);",
         "rerun it to refresh every number here.",
         "",
-        f"Measured {date.today().isoformat()} on {machine()}; torch on {TORCH_THREADS} thread, {device}; {versions()}.",
+        f"Measured {date.today().isoformat()} on {machine()}; torch on {TORCH_THREADS} thread, {device}; "
+        f"{versions(REPORTED_PACKAGES)}.",
         "",
         "## Setup",
         "",

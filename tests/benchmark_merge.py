@@ -10,9 +10,7 @@ the adapter was trained with. Each merged folder is loaded as it is served, in i
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 import tempfile
 import time
 from datetime import date
@@ -28,6 +26,7 @@ from kit.prepare import run_prepare
 from kit.train import run_train
 
 from .benchmark_prepare import machine
+from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -91,12 +90,6 @@ def measure(work: Path, max_steps: int = MAX_STEPS, merge_dtypes: tuple[str, ...
     }
 
 
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in REPORTED_PACKAGES]
-    return ", ".join(listed)
-
-
 def render_report(result: dict[str, Any]) -> str:
     params: Params = result["params"]
     effect = result["adapter_effect"]
@@ -108,7 +101,7 @@ def render_report(result: dict[str, Any]) -> str:
         "Written by `.venv/bin/python -m tests.benchmark_merge` (from the repository root, about 30 seconds);",
         "rerun it to refresh every number here.",
         "",
-        f"Measured {date.today().isoformat()} on {machine()}; CPU; {versions()}.",
+        f"Measured {date.today().isoformat()} on {machine()}; CPU; {versions(REPORTED_PACKAGES)}.",
         "",
         "## Setup",
         "",

@@ -8,7 +8,6 @@ params/smoke.yaml (the embedded tokenizer) and a few overrides, each run on a co
 from __future__ import annotations
 
 import cProfile
-import importlib.metadata
 import itertools
 import json
 import math
@@ -28,6 +27,8 @@ from kit.embedded import all_tasks
 from kit.models import resolve_base_model
 from kit.params import Params, load_params
 from kit.prepare import run_prepare
+
+from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -311,12 +312,6 @@ def machine() -> str:
             f"{load:.1f} at the end (this benchmark counts about 1)")
 
 
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in REPORTED_PACKAGES]
-    return ", ".join(listed)
-
-
 def verdict(value: float, target: float, at_least: bool = True) -> str:
     return "met" if (value >= target if at_least else value <= target) else "**missed**"
 
@@ -331,7 +326,7 @@ def render_report(packing: list[dict[str, Any]], padding: dict[str, Any], timing
         "(the embedded SentencePiece tokenizer) and `dataset_decontamination: off`, on a cold",
         "prepared-data cache unless said otherwise.",
         "",
-        f"Measured {date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Measured {date.today().isoformat()} on {machine()}; {versions(REPORTED_PACKAGES)}.",
         "",
         "## Packing efficiency on MBPP's train split",
         "",

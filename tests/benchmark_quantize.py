@@ -10,10 +10,8 @@ Every number is the stage's own metric on its held-out code.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import os
-import platform
 import shutil
 import tempfile
 from datetime import date
@@ -26,6 +24,7 @@ from kit.params import Params, load_params
 from kit.quantize import run_quantize
 
 from .benchmark_prepare import machine
+from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -115,12 +114,6 @@ def measure(work: Path, gguf_types: tuple[str, ...] = GGUF_TYPES, larger_shape: 
     return {"params": params, "larger_shape": larger_shape, "train_steps": train_steps, "models": models}
 
 
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in REPORTED_PACKAGES]
-    return ", ".join(listed)
-
-
 def verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -178,7 +171,7 @@ def render_report(result: dict[str, Any]) -> str:
         "Written by `.venv/bin/python -m tests.benchmark_quantize` (from the repository root, about 4 minutes on",
         "2 cores); rerun it to refresh every number here.",
         "",
-        f"Measured {date.today().isoformat()} on {machine()}; CPU; {versions()}.",
+        f"Measured {date.today().isoformat()} on {machine()}; CPU; {versions(REPORTED_PACKAGES)}.",
         "",
         "## Setup",
         "",

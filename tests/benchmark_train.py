@@ -12,12 +12,10 @@ that rotates, so load from other processes falls on all.
 from __future__ import annotations
 
 import cProfile
-import importlib.metadata
 import itertools
 import json
 import math
 import os
-import platform
 import pstats
 import random
 import statistics
@@ -37,6 +35,7 @@ from kit.prepare import run_prepare
 from kit.train import run_train
 
 from .benchmark_prepare import machine, mbpp_train_rows, verdict, write_jsonl
+from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -382,12 +381,6 @@ def measure(work_dir: Path, repeats: int = REPEATS) -> dict[str, Any]:
 
 # --- report ----------------------------------------------------------------------------------------
 
-def versions() -> str:
-    listed = [f"Python {platform.python_version()}"]
-    listed += [f"{name} {importlib.metadata.version(name)}" for name in REPORTED_PACKAGES]
-    return ", ".join(listed)
-
-
 def seconds_list(values: Sequence[float]) -> str:
     return ", ".join(f"{value:.1f}" for value in values)
 
@@ -419,7 +412,7 @@ def render_report(result: dict[str, Any]) -> str:
         "rerun it to refresh every number here.",
         "",
         f"Measured {date.today().isoformat()} on {machine()}, {result['load_at_start']:.1f} at the start; torch on "
-        f"{TORCH_THREADS} thread; {versions()}.",
+        f"{TORCH_THREADS} thread; {versions(REPORTED_PACKAGES)}.",
         "",
         "## Setup",
         "",
