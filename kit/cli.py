@@ -1,5 +1,5 @@
 """The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model,
-score a file of completions, compare runs or rerun one, check a GPU."""
+score a file of completions, compare runs, rerun one or sweep a grid of params, check a GPU."""
 
 from __future__ import annotations
 
@@ -141,6 +141,22 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from kit.runner import parse_stages
+    from kit.sweep import format_summary, parse_grid, run_sweep
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = run_sweep(args.params, parse_grid(args.grid), stages, args.set, args.shard, args.out)
+    print(f"sweep {result.sweep_id}:\n{format_summary(result)}")
+    if result.report:
+        print(f"{result.report.html}\n{result.report.summary}\nlogged on compare run {result.compare_run_id}")
+    return 1 if result.failed else 0
+
+
 def _gpu_check(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -169,6 +185,14 @@ def _ks(text: str) -> tuple[int, ...]:
         return tuple(_positive(int)(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated counts above zero, got {text!r}") from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n``: the combinations whose index modulo n is i."""
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n, e.g. 0/2, got {text!r}")
+    return int(index), int(count)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("run_id", help="the pipeline (parent) run")
     rerun.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)")
     rerun.set_defaults(handler=_rerun)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run the pipeline for each combination of --grid values, skipping those a rerun of the same "
+        "sweep finished before, then write the compare report of the sweep",
+    )
+    sweep.add_argument("params", help="params YAML file")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a key and its values (repeatable)"
+    )
+    sweep.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
+    sweep.add_argument(
+        "--shard", type=_shard, default=(0, 1), metavar="I/N", help="run only combinations whose index modulo N is I"
+    )
+    sweep.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
+    sweep.set_defaults(handler=_sweep)
 
     gpu_check = commands.add_parser(
         "gpu-check",

@@ -63,7 +63,7 @@ def variant_order(variant: str) -> tuple[int, int, str]:
     return (fixed.get(variant, 4), 0, variant)
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
     """Every matching run, oldest first, across MLflow's result pages."""
     runs, token = [], None
     while True:
@@ -102,7 +102,7 @@ def _pipeline_runs(client: MlflowClient, experiment: str | None, run_ids: list[s
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise CompareError(_unknown_experiment(client, experiment))
-    runs = _search(client, [found.experiment_id], PIPELINE_FILTER)
+    runs = search_runs(client, [found.experiment_id], PIPELINE_FILTER)
     if not runs:
         raise CompareError(f"experiment {experiment!r} has no pipeline runs (kit run makes them)")
     return found.name, found.experiment_id, runs
@@ -161,7 +161,7 @@ def load_comparison(tracking_uri: str, experiment: str | None = None, run_ids: l
     # same parent counts with its latest run, the search being oldest first.
     metrics = {run.info.run_id: dict(run.data.metrics) for run in parents}
     train_runs = {}
-    for stage_run in _search(client, experiment_ids, STAGE_FILTER):
+    for stage_run in search_runs(client, experiment_ids, STAGE_FILTER):
         parent = stage_run.data.tags.get("mlflow.parentRunId")
         if parent in metrics:
             metrics[parent].update(stage_run.data.metrics)

@@ -54,6 +54,7 @@ def run_pipeline(
     stages: list[str] | None = None,
     overrides: list[str] | None = None,
     echo=print,
+    tags: dict[str, str] | None = None,
 ) -> PipelineResult:
     import papermill
     from traitlets.config import Config
@@ -65,7 +66,7 @@ def run_pipeline(
     run_name = params.mlflow_run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = (Path(params.output_dir) / run_name).resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    parent_run_id = tracking.start_parent_run(params, overrides)
+    parent_run_id = tracking.start_parent_run(params, overrides, tags)
     result = PipelineResult(run_dir=run_dir, parent_run_id=parent_run_id)
     echo(f"run folder {run_dir}")
     echo(f"mlflow {params.tracking_uri} experiment {params.experiment_name!r} run {parent_run_id}")

@@ -70,13 +70,14 @@ def record_provenance(client: MlflowClient, run_id: str, params: Params, overrid
         client.log_artifact(run_id, str(params.source), "params")
 
 
-def start_parent_run(params: Params, overrides: list[str]) -> str:
+def start_parent_run(params: Params, overrides: list[str], tags: dict[str, str] | None = None) -> str:
+    """The pipeline run, with ``tags`` from the start, so a run that dies midway still carries them."""
     client = configure(params)
     experiment = client.get_experiment_by_name(params.experiment_name)
     run = client.create_run(
         experiment.experiment_id,
         run_name=params.mlflow_run_name,
-        tags={"kit.kind": "pipeline"},
+        tags={**(tags or {}), "kit.kind": "pipeline"},
     )
     record_provenance(client, run.info.run_id, params, overrides)
     return run.info.run_id
