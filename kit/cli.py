@@ -32,17 +32,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kit.runner import parse_stages, run_pipeline
+    from kit.runner import run_pipeline
 
-    try:
-        stages = parse_stages(args.stages)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
         print(f"warning: {warning}", file=sys.stderr)
-    result = run_pipeline(args.params, stages, args.set)
+    result = run_pipeline(args.params, args.stages, args.set)
     if result.failed_stage:
         return 1
     timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result.stage_seconds.items())
@@ -142,15 +137,9 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kit.runner import parse_stages
     from kit.sweep import format_summary, parse_grid, run_sweep
 
-    try:
-        stages = parse_stages(args.stages)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    result = run_sweep(args.params, parse_grid(args.grid), stages, args.set, args.shard, args.out)
+    result = run_sweep(args.params, parse_grid(args.grid), args.stages, args.set, args.shard, args.out)
     print(f"sweep {result.sweep_id}:\n{format_summary(result)}")
     if result.report:
         print(f"{result.report.html}\n{result.report.summary}\nlogged on compare run {result.compare_run_id}")
@@ -165,6 +154,16 @@ def _gpu_check(args: argparse.Namespace) -> int:
     # The check lives with the tests (tests/gpu_check.py), beside the kit in a checkout.
     command = [sys.executable, "-m", "tests.gpu_check", *args.options]
     return subprocess.run(command, cwd=PROJECT_DIR, check=False).returncode
+
+
+def _stages(text: str) -> list[str]:
+    """An argparse type: ``prepare,train`` as stages in pipeline order; empty means all of them."""
+    from kit.runner import parse_stages
+
+    try:
+        return parse_stages(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -206,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline's notebooks with papermill, logged to MLflow")
     run.add_argument("params", help="params YAML file")
-    run.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
+    run.add_argument(
+        "--stages", type=_stages, default="", help="comma-separated stages to run (default: all, in order)"
+    )
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     run.set_defaults(handler=_run)
 
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a key and its values (repeatable)"
     )
-    sweep.add_argument("--stages", help="comma-separated stages to run (default: all, in order)")
+    sweep.add_argument(
+        "--stages", type=_stages, default="", help="comma-separated stages to run (default: all, in order)"
+    )
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
     sweep.add_argument(
         "--shard", type=_shard, default=(0, 1), metavar="I/N", help="run only combinations whose index modulo N is I"

@@ -278,11 +278,13 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
             metrics.update(variant_metrics)
             print(f"{variant} on {name}: pass@1 {scores['pass@1']:.3f} over {len(problems)} problems")
 
+    # Every GGUF variant of a prompt format holds the same prompts: tokenized once to size llama.cpp's context.
+    gguf_formats = {prompt_formats[variant] for variant in variants if variant.startswith(GGUF_VARIANT_PREFIX)}
+    context_lengths = {fmt: _context_length(tokenizer, benchmarks_in[fmt], params) for fmt in gguf_formats}
     loaded_base = None
     for variant in variants:
         if variant.startswith(GGUF_VARIANT_PREFIX):
-            context_length = _context_length(tokenizer, benchmarks_in[prompt_formats[variant]], params)
-            with llama_model(sources[variant], n_ctx=context_length) as llama:
+            with llama_model(sources[variant], n_ctx=context_lengths[prompt_formats[variant]]) as llama:
                 score_variant(variant, functools.partial(gguf_completions, llama, params=params))
             continue
         model = _hf_model(variant, sources[variant], base_model, params, tokenizer, loaded_base)

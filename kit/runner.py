@@ -35,7 +35,7 @@ def parse_stages(stages: str | None) -> list[str]:
     chosen = [stage.strip() for stage in stages.split(",") if stage.strip()]
     unknown = [stage for stage in chosen if stage not in STAGES]
     if unknown:
-        raise ValueError(f"--stages: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     # Always in pipeline order, whatever order they were given in.
     return [stage for stage in STAGES if stage in chosen]
 

@@ -10,8 +10,6 @@ the adapter was trained with. Each merged folder is loaded as it is served, in i
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -26,7 +24,7 @@ from kit.prepare import run_prepare
 from kit.train import run_train
 
 from .benchmark_prepare import machine
-from .benchmarking import versions
+from .benchmarking import measure_offline_and_report, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -164,11 +162,7 @@ def render_report(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as work:
-        result = measure(Path(work))
-    REPORT.write_text(render_report(result))
-    print(REPORT.read_text())
+    measure_offline_and_report(measure, render_report, REPORT)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ Every number is the stage's own metric on its held-out code.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from kit.params import Params, load_params
 from kit.quantize import run_quantize
 
 from .benchmark_prepare import machine
-from .benchmarking import versions
+from .benchmarking import measure_offline_and_report, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -219,11 +217,7 @@ def render_report(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as work:
-        result = measure(Path(work))
-    REPORT.write_text(render_report(result))
-    print(REPORT.read_text())
+    measure_offline_and_report(measure, render_report, REPORT)
 
 
 if __name__ == "__main__":

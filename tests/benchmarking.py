@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from kit.tracking import package_versions
+
+
+def measure_offline_and_report(
+    measure: Callable[[Path], Any], render: Callable[[Any], str], report: Path
+) -> None:
+    """Measure in a scratch folder with the Hub off, then write the rendered report and show it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as work:
+        result = measure(Path(work))
+    report.write_text(render(result))
+    print(report.read_text())
 
 
 def versions(packages: tuple[str, ...]) -> str:
