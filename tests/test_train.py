@@ -37,10 +37,12 @@ from kit.train import PackedRowsCollator, _build_model, hardware_choices, run_tr
 from .conftest import ROOT, SMOKE, logged_losses
 from .conftest import smoke_at as smoke
 
-# The smoke run made 30 steps long, checkpointing every 5: its 95 training rows make 24 steps of 4, so a
-# run killed after step 25 resumes inside its second epoch, whose order the resume must reproduce.
+# The smoke run on 200 of its rows, made 30 steps long, checkpointing every 5: its training rows pack
+# into about 15 steps of 4, so a run killed after step 25 resumes inside its second epoch, whose order
+# the resume must reproduce.
 STEPS = 30
-REFERENCE = ["save_strategy=steps", "save_steps=5", f"max_steps={STEPS}"]
+REFERENCE = ["save_strategy=steps", "save_steps=5", f"max_steps={STEPS}", "eval_steps=10"]
+ROWS = ["embedded_num_samples=200"]
 KILL_AFTER_STEP = 25
 GOLDEN = Path(__file__).parent / "golden" / "train_losses.json"
 GOLDEN_STEPS = 5
@@ -76,8 +78,8 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(folder):
-    # The overrides used in this file change no preparation key, so every run trains on these rows.
-    return run_prepare(smoke(folder, []), None, folder / "prepare")
+    # The overrides used in this file change no other preparation key, so every run trains on these rows.
+    return run_prepare(smoke(folder, ROWS), None, folder / "prepare")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_the_smoke_run_lowers_the_loss_and_saves_the_adapter(reference):
     adapter = Path(trained["outputs"]["adapter_dir"])
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "tokenizer.model").exists()
     history = json.loads(Path(trained["outputs"]["log_history"]).read_text())
-    assert [entry["step"] for entry in history if "eval_loss" in entry] == [10, 20, 30]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [0, 10, 20, 30]  # 0: the base
     assert trained["outputs"]["resumed_from"] is None
 
 
@@ -234,7 +236,7 @@ def golden_environment() -> dict:
         **{name: importlib.metadata.version(name) for name in GOLDEN_PACKAGES},
         "seed": 42,
         "params": str(SMOKE.relative_to(ROOT)),
-        "overrides": REFERENCE,
+        "overrides": [*ROWS, *REFERENCE],
     }
 
 

@@ -40,7 +40,7 @@ FULL_FINE_TUNE = ["load_in_4bit=false", "adapter=null"]
 NEW_TOKENS = ['special_tokens={eos_token: "<|end|>"}', 'tokens=["<|fim_middle|>"]']
 # Eight cheap steps (one packed row each), long enough for warmup, a schedule and a cadence of a quarter of the run.
 EIGHT_STEPS = ["max_steps=8", "micro_batch_size=1", "warmup_steps=null"]
-BASE_LEARNING_RATE = 1e-3  # params/smoke.yaml's
+BASE_LEARNING_RATE = load_params(SMOKE).learning_rate
 
 
 class RunRecorder(TrainerCallback):
@@ -336,7 +336,8 @@ def test_weight_decay_and_max_grad_norm_reach_the_trainer(train):
 def test_eval_and_save_steps_as_fractions_of_the_run(train, save_strategy, checkpoint_steps):
     # A bare `no` is YAML's false; it still means save_strategy "no".
     trained, recorder = train(*EIGHT_STEPS, "eval_steps=0.25", "save_steps=0.25", f"save_strategy={save_strategy}")
-    assert [entry["step"] for entry in history(trained) if "eval_loss" in entry] == [2, 4, 6, 8]
+    # Step 0: the base, evaluated before the first step (eval/base_loss).
+    assert [entry["step"] for entry in history(trained) if "eval_loss" in entry] == [0, 2, 4, 6, 8]
     checkpoints = Path(recorder.args.output_dir)
     saved = sorted(int(path.name.removeprefix("checkpoint-")) for path in checkpoints.glob("checkpoint-*"))
     assert saved == checkpoint_steps

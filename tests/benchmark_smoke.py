@@ -1,0 +1,224 @@
+"""The embedded default's quality ledger, measured by `kit run params/smoke.yaml` itself.
+
+Run from the repository root with ``.venv/bin/python -m tests.benchmark_smoke`` (about 15 minutes on 2
+cores: the base model is built first in an empty cache and timed on its own, then the whole pipeline
+runs as a user runs it); it writes reports/smoke.md. ``--cached`` reuses the base model in the
+usual cache and reports the build time recorded when it was built. MBPP is scored too when the
+workplace's copy (../shared/data/mbpp.jsonl) exists; the project ships none.
+
+tests/test_pipeline.py runs the same measurement and asserts the same goals, so a broken mask,
+packing, merge or conversion fails CI as a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from kit.embedded import BUILD_TIME, build_base_model, cache_root
+from kit.evaluate import ledger_from_results
+from kit.params import load_params
+from kit.stage import STAGES, read_manifest
+
+from .benchmark_prepare import machine
+from .benchmarking import measure_offline_and_report, versions
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "params" / "smoke.yaml"
+REPORT = ROOT / "reports" / "smoke.md"
+SHARED_MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
+RUN_NAME = "smoke-benchmark"
+REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "llama_cpp_python", "mlflow")
+
+# The issue's goals for the embedded benchmark's pass@1 and the run's time.
+MIN_FINE_TUNE_GAIN = 0.30
+MAX_MERGE_DROP = 0.02
+MAX_Q8_0_DROP = 0.05
+MAX_RUN_SECONDS = 600
+MAX_BUILD_SECONDS = 600
+
+
+def measure(work: Path, fresh_cache: bool = True, experiment: str = "smoke-benchmark") -> dict[str, Any]:
+    """Build the base (timed, in an empty cache unless ``fresh_cache`` is False), then time
+    ``kit run params/smoke.yaml`` and read what its stages left."""
+    environment = dict(os.environ)
+    if fresh_cache:
+        environment["TUNEBOOK_CACHE"] = str(work / "cache")
+    environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    environment["HF_HUB_OFFLINE"] = "1"
+    overrides = [f"output_dir={work / 'runs'}", f"dataset_prepared_path={work / 'prepared'}",
+                 f"mlflow_run_name={RUN_NAME}", f"mlflow_experiment_name={experiment}"]
+    if SHARED_MBPP.exists():
+        overrides += ["eval_benchmarks=[embedded, humaneval, mbpp]", f"eval_mbpp_path={SHARED_MBPP}"]
+    params = load_params(SMOKE, overrides)
+
+    started = time.perf_counter()
+    cache = Path(environment["TUNEBOOK_CACHE"]) if "TUNEBOOK_CACHE" in environment else cache_root()
+    model_dir = build_base_model(params, cache=cache)
+    build_seconds = time.perf_counter() - started
+    build = json.loads((model_dir / "build.json").read_text())
+    recorded_seconds = json.loads((model_dir / BUILD_TIME).read_text())["build_seconds"]
+
+    command = [sys.executable, "-m", "kit.cli", "run", str(SMOKE)]
+    for override in overrides:
+        command += ["--set", override]
+    started = time.perf_counter()
+    process = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True)
+    run_seconds = time.perf_counter() - started
+    if process.returncode:
+        raise RuntimeError(f"kit run failed:\n{process.stdout[-2000:]}\n{process.stderr[-4000:]}")
+    stage_seconds = {stage: float(seconds) for stage, seconds in
+                     re.findall(r"\] (\w+) \.\.\. done in ([\d.]+) s", process.stdout)}
+
+    run_dir = work / "runs" / RUN_NAME
+    manifests = {stage: read_manifest(run_dir, stage) for stage in STAGES}
+    results = json.loads(Path(manifests["evaluate"]["outputs"]["results"]).read_text())
+    return {
+        "params": params,
+        "stdout": process.stdout,
+        "build": build,
+        # Built now, or found in the cache: then the time recorded when it was built.
+        "build_seconds": build_seconds if fresh_cache else recorded_seconds,
+        "fresh_cache": fresh_cache,
+        "run_seconds": run_seconds,
+        "stage_seconds": stage_seconds,
+        "metrics": {stage: manifest["metrics"] for stage, manifest in manifests.items()},
+        "ledger": ledger_from_results(results),
+        "problems": {name: len(problems) for name, problems in _problem_counts(manifests["evaluate"]).items()},
+    }
+
+
+def _problem_counts(evaluated: dict[str, Any]) -> dict[str, set[str]]:
+    counts: dict[str, set[str]] = {}
+    for line in Path(evaluated["outputs"]["problems"]).read_text().splitlines():
+        row = json.loads(line)
+        counts.setdefault(row["benchmark"], set()).add(row["task_id"])
+    return counts
+
+
+def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for each of the issue's numbers: the quality relations, then the times."""
+    return quality_goals(result) + time_goals(result)
+
+
+def quality_goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The ledger's relations and the eval loss: what a broken mask, packing, merge or conversion breaks."""
+    embedded = result["ledger"]["embedded"]
+    train = result["metrics"]["train"]
+    gain = embedded["adapter"] - embedded["base"]
+    merge_drop = abs(embedded["merged"] - embedded["adapter"])
+    q8_drop = abs(embedded["gguf_q8_0"] - embedded["merged"])
+    return [
+        (f"embedded pass@1: adapter >= base + {MIN_FINE_TUNE_GAIN:.2f}",
+         f"{embedded['adapter']:.3f} vs {embedded['base']:.3f} (+{gain:.3f})", gain >= MIN_FINE_TUNE_GAIN),
+        (f"merged within {MAX_MERGE_DROP} of the adapter", f"{embedded['merged']:.3f} ({merge_drop:.3f} apart)",
+         merge_drop <= MAX_MERGE_DROP),
+        (f"q8_0 GGUF within {MAX_Q8_0_DROP} of merged", f"{embedded['gguf_q8_0']:.3f} ({q8_drop:.3f} apart)",
+         q8_drop <= MAX_Q8_0_DROP),
+        ("q4_k_m GGUF reported", f"{embedded['gguf_q4_k_m']:.3f}", True),
+        ("adapter's eval loss below the base's (held-out split)",
+         f"{train['eval/final_loss']:.3f} vs {train['eval/base_loss']:.3f}",
+         train["eval/final_loss"] < train["eval/base_loss"]),
+    ]
+
+
+def time_goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    return [
+        (f"`kit run params/smoke.yaml` <= {MAX_RUN_SECONDS // 60} min", f"{result['run_seconds']:.0f} s",
+         result["run_seconds"] <= MAX_RUN_SECONDS),
+        (f"one-time base build <= {MAX_BUILD_SECONDS // 60} min more", f"{result['build_seconds']:.0f} s",
+         result["build_seconds"] <= MAX_BUILD_SECONDS),
+    ]
+
+
+def render_report(result: dict[str, Any]) -> str:
+    params, metrics, build = result["params"], result["metrics"], result["build"]
+    ledger = result["ledger"]
+    ledger_rows = [f"| {variant} | " + " | ".join(f"{ledger.loc[variant, name]:.3f}" for name in ledger.columns)
+                   + " |" for variant in ledger.index]
+    header = "| variant | " + " | ".join(f"{name} ({result['problems'][name]})" for name in ledger.columns) + " |"
+    goal_rows = [f"| {goal} | {measured} | {'met' if met else '**not met**'} |"
+                 for goal, measured, met in goals(result)]
+    stage_rows = [f"| {stage} | {seconds:.0f} |" for stage, seconds in result["stage_seconds"].items()]
+    quantize, prepare = metrics["quantize"], metrics["prepare"]
+    built = ("built in an empty cache by this run" if result["fresh_cache"]
+             else f"found in the cache; its build time is the one {BUILD_TIME} recorded")
+    return "\n".join([
+        "# `kit run params/smoke.yaml`: the quality ledger of the embedded default",
+        "",
+        "The embedded default end to end: a tiny Llama (vocabulary "
+        f"{params.embedded_vocab_size}, hidden size {params.embedded_hidden_size}, {params.embedded_num_layers} "
+        f"layers) pretrained by kit for {params.embedded_pretrain_steps} steps on the standard library's sources "
+        "and the task family's style (other operations than the benchmark's), QLoRA-trained "
+        f"{metrics['train']['train/steps']} steps ({params.num_epochs:g} epochs of {params.embedded_num_samples} "
+        "alpaca rows from the family's training pool), merged, converted to GGUF and quantized, and every "
+        "artifact scored: on the `embedded` benchmark (the family's held-out tasks, in HumanEval's format, "
+        "scored by the same sandbox and pass@k code), and on the first problems of HumanEval and MBPP, "
+        "which a model this small honestly fails: they exercise the machinery.",
+        "",
+        f"Measured {date.today().isoformat()} by `.venv/bin/python -m tests.benchmark_smoke` on {machine()}; "
+        f"{versions(REPORTED_PACKAGES)}. The base model was {built}.",
+        "",
+        "## Quality ledger (pass@1, greedy)",
+        "",
+        header,
+        "| --- |" + " ---: |" * len(ledger.columns),
+        *ledger_rows,
+        "",
+        "The base is scored in the base format (the benchmark's prompt continued); the fine-tunes in the "
+        "instruct format they were trained on (`eval_prompt_format: auto`).",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | |",
+        "| --- | --- | --- |",
+        *goal_rows,
+        "",
+        "## Time",
+        "",
+        "| stage | seconds |",
+        "| --- | ---: |",
+        *stage_rows,
+        f"| **`time kit run`** (with start-up and the MLflow store) | **{result['run_seconds']:.0f}** |",
+        f"| one-time base build (tokenizer, {params.embedded_pretrain_steps} pretraining steps) "
+        f"| {result['build_seconds']:.0f} |",
+        "",
+        "About 10 s of every stage is its notebook kernel starting and importing torch and transformers.",
+        "",
+        "## What else the run left",
+        "",
+        f"- pretraining: final loss {build['pretrain_final_loss']:.3f}",
+        f"- prepare: packing efficiency {prepare['prepare/packing_efficiency']:.3f}; no training sample shares "
+        f"a task with the embedded benchmark or HumanEval ({prepare['prepare/num_contaminated']:.0f} "
+        "contaminated samples)",
+        f"- train: final train loss {metrics['train']['train/final_loss']:.3f}; eval loss "
+        f"{metrics['train']['eval/base_loss']:.3f} before training, {metrics['train']['eval/final_loss']:.3f} "
+        f"after; {metrics['train']['train/runtime_seconds']:.0f} s of steps",
+        f"- merge: max abs logit difference {metrics['merge']['merge/max_abs_logit_diff']:.2e}, top-1 agreement "
+        f"{metrics['merge']['merge/top1_agreement']:.3f}",
+        "- quantize: " + ", ".join(
+            f"{kind} {quantize[f'gguf/{kind}/size_mb']:.1f} MB, perplexity {quantize[f'gguf/{kind}/perplexity']:.2f}, "
+            f"top-1 agreement {quantize[f'gguf/{kind}/top1_agreement']:.3f}"
+            for kind in ("f16", *params.gguf_quantizations)
+        ) + f" (merged model perplexity {quantize['merged/perplexity']:.2f})",
+        "",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cached", action="store_true", help="reuse the cached base model")
+    cached = parser.parse_args().cached
+    measure_offline_and_report(lambda work: measure(work, fresh_cache=not cached), render_report, REPORT)
+
+
+if __name__ == "__main__":
+    main()

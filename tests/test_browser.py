@@ -1,0 +1,161 @@
+"""The compare report and the MLflow UI in a real browser: Debian's headless Chromium, driven by
+playwright (its driver only: no browser is downloaded). `.ci/run` installs Chromium and sets
+TUNEBOOK_REQUIRE_BROWSER, so there a missing browser fails rather than skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from kit.compare import load_comparison
+from kit.report import write_report
+from kit.runner import run_pipeline
+
+from .conftest import SMOKE
+from .mlflow_runs import log_pipeline_run
+
+CHROMIUM = shutil.which("chromium")
+SERVER_START_SECONDS = 120
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM:
+        reason = "no chromium here (apt-get install chromium); .ci/run installs it"
+        if os.environ.get("TUNEBOOK_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Chromium's own sandbox needs user namespaces a CI container (running as root) may not give.
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def test_the_html_report_renders_its_tables_and_figures_from_disk(browser, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("browser")
+    for number, (rate, quality) in enumerate([(1e-3, 0.5), (2e-4, 0.3), (5e-4, 0.4)]):
+        log_pipeline_run(client, experiment_id, f"run-{number}", {"learning_rate": rate, "lora_r": 8},
+                         quality=quality, started_ms=1_700_000_000_000 + number)
+    files = write_report(load_comparison(uri, "browser"), tmp_path / "report")
+
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(files.html.resolve().as_uri())
+    page.wait_for_load_state("load")
+    # Self-contained: nothing is fetched but the page itself and its data: figures.
+    assert all(url.startswith(("file:", "data:")) for url in requested), requested
+    assert page.title() == "tunebook: browser"
+
+    tables = page.locator("table")
+    assert tables.count() >= 4  # runs, params that differ, metrics, quality ledger
+    for index in range(tables.count()):
+        table = tables.nth(index)
+        assert table.is_visible() and table.locator("tr").count() >= 2
+        assert table.bounding_box()["height"] > 20
+    assert page.locator("table", has_text="learning_rate").count() >= 1  # the param that differs
+    for run_name in ("run-0", "run-1", "run-2"):
+        assert page.get_by_text(run_name).count() >= 1
+
+    figures = page.locator("img")
+    assert figures.count() == 2
+    for index in range(figures.count()):
+        figure = figures.nth(index)
+        # Decoded and drawn: a broken data URI leaves naturalWidth 0.
+        assert figure.evaluate("image => image.complete && image.naturalWidth") > 200
+        assert figure.bounding_box()["width"] > 200
+    assert len(page.screenshot(full_page=True)) > 10_000
+    page.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str, **query: str) -> dict:
+    with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode(query)}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _wait_until_healthy(base: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {server.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"mlflow server not healthy after {SERVER_START_SECONDS} s")
+
+
+def test_an_mlflow_server_lists_a_smoke_runs_parent_and_stages_and_its_ui_loads(
+    browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    experiment, run_name = "browser-smoke", "smoke-for-the-ui"
+    overrides = [f"output_dir={tmp_path / 'out'}", f"dataset_prepared_path={tmp_path / 'prepared'}",
+                 "max_steps=2", "eval_benchmarks=[humaneval]", "eval_limit=1", "gguf_quantizations=[q8_0]",
+                 f"mlflow_experiment_name={experiment}", f"mlflow_run_name={run_name}"]
+    result = run_pipeline(SMOKE, None, overrides, echo=lambda *args, **kwargs: None)
+    assert result.failed_stage is None, result.error
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    try:
+        _wait_until_healthy(base, server)
+        found = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name", experiment_name=experiment)
+        experiment_id = found["experiment"]["experiment_id"]
+        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+        tags = {run["info"]["run_id"]: {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+                for run in runs}
+        assert result.parent_run_id in tags and tags[result.parent_run_id]["kit.kind"] == "pipeline"
+        stages = {tag["kit.stage"] for tag in tags.values() if tag.get("mlflow.parentRunId") == result.parent_run_id}
+        assert stages == {"prepare", "train", "merge", "quantize", "evaluate"}
+
+        page = browser.new_page()
+        page.goto(f"{base}/#/experiments/{experiment_id}/runs")
+        # The UI is a single-page app: the runs show once its JavaScript has fetched them; the stage
+        # runs are nested under the parent, which the table names.
+        page.get_by_text(run_name).first.wait_for(timeout=90_000)
+        page.get_by_text(f"{len(tags)} matching runs").wait_for(timeout=30_000)
+        assert "MLflow" in page.title()
+        page.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
