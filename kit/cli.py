@@ -21,6 +21,7 @@ from kit.score import (
     score_samples,
 )
 
+TRACKING_URI_HELP = "MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)"
 
 def _validate(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.set)
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--experiment", help="compare every pipeline run of this MLflow experiment")
     compare.add_argument("--runs", nargs="+", default=[], metavar="ID", help="compare these pipeline runs")
     compare.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
-    compare.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)")
+    compare.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     compare.set_defaults(handler=_compare)
 
     rerun = commands.add_parser(
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commit or package versions differ, and says which metrics came out identical",
     )
     rerun.add_argument("run_id", help="the pipeline (parent) run")
-    rerun.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)")
+    rerun.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     rerun.set_defaults(handler=_rerun)
 
     sweep = commands.add_parser(

@@ -84,9 +84,9 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
     try:
         started = time.perf_counter()
         style = style_functions(STYLE_FUNCTIONS, spec["seed"])
-        _train_tokenizer(corpus + style, spec, staging)
+        tokenizer = _train_tokenizer(corpus + style, spec, staging)
         model = _init_model(spec)
-        pretrain_loss = _pretrain(model, staging, corpus, style, spec) if spec["pretrain_steps"] else None
+        pretrain_loss = _pretrain(model, tokenizer, staging, corpus, style, spec) if spec["pretrain_steps"] else None
         model.save_pretrained(str(staging))
         # What the build left beside the spec (only the spec decides the cache key); its time apart, so
         # that two builds of one spec stay byte-identical but for that file.
@@ -104,7 +104,7 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
     return target
 
 
-def _train_tokenizer(corpus: str, spec: dict, folder: Path) -> None:
+def _train_tokenizer(corpus: str, spec: dict, folder: Path):
     import sentencepiece as spm
 
     lines = [line for line in corpus.splitlines() if line.strip()]
@@ -138,6 +138,7 @@ def _train_tokenizer(corpus: str, spec: dict, folder: Path) -> None:
     # save_pretrained writes tokenizer.json and its config beside the SentencePiece model, which
     # stays: the GGUF converter reads its scores and piece types.
     tokenizer.save_pretrained(str(folder))
+    return tokenizer
 
 
 def _load_tokenizer(folder: Path):
@@ -183,13 +184,12 @@ def pretraining_rows(token_ids: list[int], style_ids: list[int], spec: dict) -> 
     return rows
 
 
-def _pretrain(model, folder: Path, corpus: str, style: str, spec: dict) -> float:
+def _pretrain(model, tokenizer, folder: Path, corpus: str, style: str, spec: dict) -> float:
     """Full training of ``model`` on the corpus and the style functions with transformers' Trainer; the
     last logged loss."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    tokenizer = _load_tokenizer(folder)
     corpus_ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
     style_ids = tokenizer(style, add_special_tokens=False)["input_ids"]
     rows = pretraining_rows(corpus_ids, style_ids, spec)

@@ -298,7 +298,8 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
 
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2))
-    tracking.log_artifact(plot_ledger(ledger_from_results(results), out_dir / "ledger.png"), "figures")
+    ledger_figure = plot_ledger(ledger_from_results(results), out_dir / "ledger.png")
+    tracking.log_artifact(ledger_figure, "figures")
     problems_path = out_dir / "problems.jsonl"
     problems_path.write_text("".join(json.dumps(row) + "\n" for row in problem_rows))
     tracking.log_table(problem_rows, "problems.json")
@@ -313,7 +314,8 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
         out_dir,
         "evaluate",
         inputs=inputs,
-        outputs={"results": str(results_path), "problems": str(problems_path), "samples": sample_paths},
+        outputs={"results": str(results_path), "problems": str(problems_path), "samples": sample_paths,
+                 "ledger_figure": str(ledger_figure)},
         metrics=metrics,
     )
 
