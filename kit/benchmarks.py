@@ -40,7 +40,8 @@ PYTHON_FENCE_INFO = ("python", "python3", "py", "py3")
 MARKDOWN_FENCE_INFO = ("markdown", "md")
 MBPP_TEST_TASK_IDS = range(11, 511)
 MBPP_SHOT_TASK_IDS = (2, 3, 4)
-MBPP_HUB_DATASET = "google-research-datasets/mbpp"
+# MBPP as google-research published it (CC BY 4.0, attribution in kit/data/MBPP-LICENSE.md): offline by default.
+PACKAGED_MBPP = Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
 
 
 @dataclass(frozen=True)
@@ -208,17 +209,21 @@ def mbpp_prompt(task: dict, shots: list[dict]) -> str:
 
 
 def mbpp_rows(mbpp_path: str | None) -> tuple[list[dict], list[dict]]:
-    """The test split (task_ids 11-510) and the three shots (task_ids 2-4), from a file or the Hub."""
-    if mbpp_path:
-        rows = [json.loads(line) for line in Path(mbpp_path).read_text().splitlines() if line.strip()]
+    """The test split (task_ids 11-510) and the three shots (task_ids 2-4): from the copy kit ships
+    (``mbpp_path`` None), a jsonl file, or else a Hub dataset of that name in MBPP's layout."""
+    path = Path(mbpp_path) if mbpp_path else PACKAGED_MBPP
+    if path.suffix in (".jsonl", ".json") and not path.is_file():
+        raise FileNotFoundError(f"eval_mbpp_path: no file {path} (a jsonl file, or a Hub dataset name)")
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         by_id = {row["task_id"]: row for row in rows}
         tests = [by_id[task_id] for task_id in MBPP_TEST_TASK_IDS]
         shots = [by_id[task_id] for task_id in MBPP_SHOT_TASK_IDS]
         return tests, shots
     from datasets import load_dataset
 
-    tests = sorted(load_dataset(MBPP_HUB_DATASET, "full", split="test"), key=lambda row: row["task_id"])
-    prompt_split = {row["task_id"]: row for row in load_dataset(MBPP_HUB_DATASET, "full", split="prompt")}
+    tests = sorted(load_dataset(mbpp_path, "full", split="test"), key=lambda row: row["task_id"])
+    prompt_split = {row["task_id"]: row for row in load_dataset(mbpp_path, "full", split="prompt")}
     return tests, [prompt_split[task_id] for task_id in MBPP_SHOT_TASK_IDS]
 
 

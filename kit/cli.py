@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from kit.params import BENCHMARKS, ParamsError, environment_warnings, load_params
+from kit.sandbox import WeakIsolationError
 from kit.score import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
@@ -89,7 +90,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     try:
         summary = score_samples(
-            args.benchmark, args.samples, args.out, args.workers, args.timeout, args.k, args.mbpp_path
+            args.benchmark,
+            args.samples,
+            args.out,
+            args.workers,
+            args.timeout,
+            args.k,
+            args.mbpp_path,
+            args.allow_weak_isolation,
         )
     except SamplesError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -238,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT, help="seconds each (%(default)s)")
     ks = ",".join(map(str, PASS_AT_K))
     score.add_argument("--k", type=_ks, default=PASS_AT_K, metavar="K,K,...", help=f"pass@k for these k ({ks})")
-    score.add_argument("--mbpp-path", help="a local MBPP jsonl instead of the Hub's")
+    score.add_argument("--mbpp-path", help="MBPP from a jsonl file or a Hub dataset name instead of the copy kit ships")
+    score.add_argument(
+        "--allow-weak-isolation",
+        action="store_true",
+        help="where the sandbox has no namespaces, run the completions in a process group alone (trusted code only)",
+    )
     score.set_defaults(handler=_score)
 
     compare = commands.add_parser(
@@ -298,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
-    except ParamsError as error:
+    except (ParamsError, WeakIsolationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

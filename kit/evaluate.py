@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from kit import tracking
-from kit.benchmarks import MBPP_HUB_DATASET, Problem, load_benchmark, prompt_format_for
+from kit.benchmarks import PACKAGED_MBPP, Problem, load_benchmark, prompt_format_for
 from kit.models import inference_device, load_adapter_base, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import GGUF_VARIANT_PREFIX, Params
 from kit.quantize import llama_model
-from kit.sandbox import isolation, run_programs
+from kit.sandbox import Isolation, checked_isolation, isolation, run_programs
 from kit.score import PASS_AT_K, check_program, pass_at_k_scores, verdict
 from kit.stage import upstream_stages, write_manifest
 
@@ -231,12 +231,19 @@ def _context_length(tokenizer, benchmarks: dict[str, list[Problem]], params: Par
     return max(len(ids) for ids in tokenizer(prompts)["input_ids"]) + params.eval_max_new_tokens
 
 
+def evaluation_isolation(params: Params) -> Isolation:
+    """The sandbox's isolation for the stage's completions; a process group alone only with
+    ``eval_allow_weak_isolation``, else WeakIsolationError, before anything is generated or run."""
+    return checked_isolation(params.eval_allow_weak_isolation, "set eval_allow_weak_isolation: true in the params")
+
+
 def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path) -> dict:
     """Score every variant of ``params.evaluated_variants`` on every benchmark of ``eval_benchmarks``.
 
     ``upstream`` holds the manifests by stage: train's, and merge's and quantize's when the merged
     model or a GGUF file is a variant.
     """
+    evaluation_isolation(params)  # stops here where untrusted code would run in a process group alone
     upstream = upstream or {}
     variants = params.evaluated_variants
     for stage in upstream_stages("evaluate", params):
@@ -309,7 +316,7 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
         "benchmarks": list(params.eval_benchmarks),
     }
     if "mbpp" in params.eval_benchmarks:
-        inputs["mbpp"] = _absolute_if_local(params.eval_mbpp_path) or MBPP_HUB_DATASET
+        inputs["mbpp"] = _absolute_if_local(params.eval_mbpp_path) or str(PACKAGED_MBPP)
     return write_manifest(
         out_dir,
         "evaluate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kit import nf4
 from kit.params import Params
 
 
@@ -58,13 +59,14 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
         )
     elif quantize and params.load_in_8bit:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         dtype=torch_dtype(dtype),
         quantization_config=quantization,
         attn_implementation=attention_implementation(params),
         trust_remote_code=params.trust_remote_code,
     )
+    return nf4.keep_unpacked(model) if quantize and params.load_in_4bit else model
 
 
 def load_adapter_base(name_or_path: str, params: Params, dequantized: bool, dtype: str | None = None):
@@ -77,6 +79,7 @@ def load_adapter_base(name_or_path: str, params: Params, dequantized: bool, dtyp
     """
     if dequantized:
         quantized = load_causal_lm(name_or_path, params, quantize=True, dtype=dtype)
+        nf4.check_nf4_base(quantized, nf4.snapshot(quantized), "before it is dequantized")
         return quantized.dequantize(dtype=torch_dtype(dtype or params.compute_dtype))
     return load_causal_lm(name_or_path, params, quantize=False, dtype=dtype)
 

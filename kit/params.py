@@ -234,7 +234,12 @@ class Params(_Strict):
     )
     eval_timeout: float = Field(3.0, gt=0)
     eval_workers: int = Field(2, ge=1)
-    eval_mbpp_path: str | None = None
+    # Where the sandbox has no namespaces, completions run (able to read and write what this user can) only if true.
+    eval_allow_weak_isolation: bool = False
+    eval_mbpp_path: str | None = Field(
+        None, description="MBPP: a jsonl file in google-research's layout, or a Hub dataset name such as "
+        "google-research-datasets/mbpp; default the copy kit ships (kit/data/mbpp.jsonl, CC BY 4.0)"
+    )
     eval_variants: list[str] | None = Field(
         None,
         min_length=1,

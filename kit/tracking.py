@@ -21,11 +21,17 @@ TRACKED_PACKAGES = (
 def configure(params: Params) -> MlflowClient:
     """Point MLflow at the params' store and experiment, creating the local store's folder."""
     uri = params.tracking_uri
+    client = MlflowClient(uri)
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        store = Path(uri.removeprefix("sqlite:///"))
+        store.parent.mkdir(parents=True, exist_ok=True)
+        # A local store keeps its artifacts beside it: MLflow's default is ./mlruns in whatever folder
+        # the command ran from.
+        if client.get_experiment_by_name(params.experiment_name) is None:
+            client.create_experiment(params.experiment_name, artifact_location=(store.parent / "mlartifacts").as_uri())
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(params.experiment_name)
-    return MlflowClient(uri)
+    return client
 
 
 def git_commit() -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kit import nf4
 from kit.distributed import in_launched_process, launch_train, scale_out_arguments
 from kit.formats import IGNORE_INDEX
 from kit.models import (
@@ -130,6 +131,27 @@ def _modules_to_save(params: Params, model, vocabulary_grew: bool) -> list[str] 
     return modules + added
 
 
+def nf4_guard(model):
+    """A callback that stops training where the frozen 4-bit base stops being the one loaded: checked
+    once now, then after every evaluation and checkpoint save and at the end (kit.nf4)."""
+    from transformers import TrainerCallback
+
+    reference = nf4.snapshot(model)
+    nf4.check_nf4_base(model, reference, "after loading")
+
+    class NF4Guard(TrainerCallback):
+        def on_evaluate(self, args, state, control, **kwargs):
+            nf4.check_nf4_base(model, reference, f"after the evaluation at step {state.global_step}")
+
+        def on_save(self, args, state, control, **kwargs):
+            nf4.check_nf4_base(model, reference, f"after saving checkpoint-{state.global_step}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            nf4.check_nf4_base(model, reference, "at the end of training")
+
+    return NF4Guard()
+
+
 def newest_checkpoint(folder: Path) -> str | None:
     """The complete checkpoint of the highest step under ``folder``, if any."""
     steps = {}
@@ -218,6 +240,7 @@ def run_train(
     tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
     splits = load_from_disk(outputs["dataset_dir"])
     model = _build_model(params, outputs["base_model"], tokenizer)
+    guards = [nf4_guard(model)] if params.load_in_4bit else []
     checkpoints = out_dir / CHECKPOINTS
     resumed_from = resume_checkpoint(params, checkpoints)
 
@@ -271,7 +294,7 @@ def run_train(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"] if has_validation else None,
         data_collator=PackedRowsCollator(tokenizer.pad_token_id, packed=outputs["packed"]),
-        callbacks=list(callbacks),
+        callbacks=[*guards, *callbacks],
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resumed_from)

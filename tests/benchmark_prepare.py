@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kit.benchmarks import PACKAGED_MBPP
 from kit.embedded_tasks import instruction_rows, split
 from kit.models import resolve_base_model
 from kit.params import Params, load_params
@@ -32,7 +33,6 @@ from .benchmarking import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
-SHARED_MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 REPORT = ROOT / "reports" / "prepare.md"
 
 MBPP_TRAIN_TASK_IDS = range(601, 975)
@@ -64,7 +64,7 @@ PHASES = {
 
 # --- data ------------------------------------------------------------------------------------------
 
-def mbpp_train_rows(mbpp_path: Path = SHARED_MBPP) -> list[dict[str, str]]:
+def mbpp_train_rows(mbpp_path: Path = PACKAGED_MBPP) -> list[dict[str, str]]:
     """MBPP's train split (task ids 601-974) as alpaca rows: the task text asks, the code answers."""
     rows = []
     for line in mbpp_path.read_text().splitlines():
@@ -334,7 +334,7 @@ def render_report(packing: list[dict[str, Any]], padding: dict[str, Any], timing
         "",
         "## Packing efficiency on MBPP's train split",
         "",
-        f"MBPP task ids 601-974 ({SHARED_MBPP.name}), `text` as the instruction and `code` as the output,",
+        f"MBPP task ids 601-974 ({PACKAGED_MBPP.name}), `text` as the instruction and `code` as the output,",
         "alpaca format, `val_set_size: 0`. Efficiency is real tokens / (rows x sequence_len), read off",
         "the saved rows. The fewest rows possible is ceil(tokens / sequence_len); the tighter packing is",
         "a local search from the stage's own rows (`repacked` in the benchmark), a yardstick of how",

@@ -1,10 +1,10 @@
 """The embedded default's quality ledger, measured by `kit run params/smoke.yaml` itself.
 
-Run from the repository root with ``.venv/bin/python -m tests.benchmark_smoke`` (about 15 minutes on 2
+Run from the repository root with ``.venv/bin/python -m tests.benchmark_smoke`` (about 25 minutes on 2
 cores: the base model is built first in an empty cache and timed on its own, then the whole pipeline
-runs as a user runs it); it writes reports/smoke.md. ``--cached`` reuses the base model in the
-usual cache and reports the build time recorded when it was built. MBPP is scored too when the
-workplace's copy (../shared/data/mbpp.jsonl) exists; the project ships none.
+runs as a user runs it, once per fine-tune seed 0-4 on that one base); it writes reports/smoke.md.
+``--cached`` reuses the base model in the usual cache and reports the build time recorded when it was
+built.
 
 tests/test_pipeline.py runs the same measurement and asserts the same goals, so a broken mask,
 packing, merge or conversion fails CI as a number.
@@ -34,7 +34,6 @@ from .benchmarking import measure_offline_and_report, versions
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
 REPORT = ROOT / "reports" / "smoke.md"
-SHARED_MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 RUN_NAME = "smoke-benchmark"
 REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "trl", "llama_cpp_python", "mlflow")
 
@@ -44,20 +43,27 @@ MAX_MERGE_DROP = 0.02
 MAX_Q8_0_DROP = 0.05
 MAX_RUN_SECONDS = 600
 MAX_BUILD_SECONDS = 600
+# Reproducible across fine-tune seeds, on one base: the adapter's embedded pass@1 for each, and the mean.
+SWEEP_SEEDS = (0, 1, 2, 3, 4)
+MIN_ADAPTER_PER_SEED = 0.45
+MIN_ADAPTER_MEAN = 0.55
 
 
-def measure(work: Path, fresh_cache: bool = True, experiment: str = "smoke-benchmark") -> dict[str, Any]:
-    """Build the base (timed, in an empty cache unless ``fresh_cache`` is False), then time
-    ``kit run params/smoke.yaml`` and read what its stages left."""
+def measure(
+    work: Path, fresh_cache: bool = True, experiment: str = "smoke-benchmark", seed: int | None = None
+) -> dict[str, Any]:
+    """Build the base (timed, in an empty cache under ``work`` unless ``fresh_cache`` is False; a later
+    call with the same ``work`` finds it there), then time ``kit run params/smoke.yaml`` (with the
+    fine-tune's ``seed`` when given) and read what its stages left."""
     environment = dict(os.environ)
     if fresh_cache:
         environment["TUNEBOOK_CACHE"] = str(work / "cache")
     environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     environment["HF_HUB_OFFLINE"] = "1"
+    run_name = RUN_NAME if seed is None else f"{RUN_NAME}-seed{seed}"
     overrides = [f"output_dir={work / 'runs'}", f"dataset_prepared_path={work / 'prepared'}",
-                 f"mlflow_run_name={RUN_NAME}", f"mlflow_experiment_name={experiment}"]
-    if SHARED_MBPP.exists():
-        overrides += ["eval_benchmarks=[embedded, humaneval, mbpp]", f"eval_mbpp_path={SHARED_MBPP}"]
+                 f"mlflow_run_name={run_name}", f"mlflow_experiment_name={experiment}"]
+    overrides += [] if seed is None else [f"seed={seed}"]
     params = load_params(SMOKE, overrides)
 
     started = time.perf_counter()
@@ -78,7 +84,7 @@ def measure(work: Path, fresh_cache: bool = True, experiment: str = "smoke-bench
     stage_seconds = {stage: float(seconds) for stage, seconds in
                      re.findall(r"\] (\w+) \.\.\. done in ([\d.]+) s", process.stdout)}
 
-    run_dir = work / "runs" / RUN_NAME
+    run_dir = work / "runs" / run_name
     manifests = {stage: read_manifest(run_dir, stage) for stage in STAGES}
     results = json.loads(Path(manifests["evaluate"]["outputs"]["results"]).read_text())
     return {
@@ -139,7 +145,57 @@ def time_goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def render_report(result: dict[str, Any]) -> str:
+def measure_seeds(work: Path, seeds: tuple[int, ...], fresh_cache: bool = True) -> list[dict[str, Any]]:
+    """One ``measure`` per fine-tune seed in one folder: the first builds the base (in an empty cache
+    unless ``fresh_cache`` is False), the others find it there."""
+    return [measure(work, fresh_cache, seed=seed) for seed in seeds]
+
+
+def seed_goals(runs: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    adapter = [run["ledger"]["embedded"]["adapter"] for run in runs]
+    mean = sum(adapter) / len(adapter)
+    unmet = [f"seed {run['params'].seed}: {goal}" for run in runs for goal, _, met in quality_goals(run) if not met]
+    return [
+        (f"embedded pass@1 of the adapter >= {MIN_ADAPTER_PER_SEED} for every seed", f"min {min(adapter):.3f}",
+         min(adapter) >= MIN_ADAPTER_PER_SEED),
+        (f"... and >= {MIN_ADAPTER_MEAN} on average", f"mean {mean:.3f}", mean >= MIN_ADAPTER_MEAN),
+        ("every seed's ledger relations (below) hold", "; ".join(unmet) or "all hold", not unmet),
+    ]
+
+
+def render_seeds(runs: list[dict[str, Any]]) -> list[str]:
+    """The section of the report that compares fine-tune seeds: a ledger row per seed, then the goals."""
+    variants = list(runs[0]["ledger"].index)
+    rows = []
+    for run in runs:
+        embedded, train = run["ledger"]["embedded"], run["metrics"]["train"]
+        scores = " | ".join(f"{embedded[variant]:.3f}" for variant in variants)
+        losses = f"{train['eval/base_loss']:.3f} -> {train['eval/final_loss']:.3f}"
+        rows.append(f"| {run['params'].seed} | {scores} | {losses} | {run['run_seconds']:.0f} |")
+    mean = {variant: sum(run["ledger"]["embedded"][variant] for run in runs) / len(runs) for variant in variants}
+    goal_rows = [f"| {goal} | {measured} | {'met' if met else '**not met**'} |"
+                 for goal, measured, met in seed_goals(runs)]
+    return [
+        "## Across fine-tune seeds (embedded pass@1, greedy)",
+        "",
+        f"The same base (built once) fine-tuned with `seed` {', '.join(str(run['params'].seed) for run in runs)}: "
+        "the seed draws the training rows, the adapter's initialisation, dropout and the data order.",
+        "",
+        "| seed | " + " | ".join(variants) + " | eval loss before -> after | `kit run` s |",
+        "| ---: |" + " ---: |" * (len(variants) + 2),
+        *rows,
+        "| **mean** | " + " | ".join(f"**{mean[variant]:.3f}**" for variant in variants) + " | | |",
+        "",
+        "| goal | measured | |",
+        "| --- | --- | --- |",
+        *goal_rows,
+        "",
+        f"The rest of this report is the run with seed {runs[0]['params'].seed}.",
+        "",
+    ]
+
+
+def render_report(result: dict[str, Any], seeds: list[dict[str, Any]] | None = None) -> str:
     params, metrics, build = result["params"], result["metrics"], result["build"]
     ledger = result["ledger"]
     ledger_rows = [f"| {variant} | " + " | ".join(f"{ledger.loc[variant, name]:.3f}" for name in ledger.columns)
@@ -167,6 +223,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"Measured {date.today().isoformat()} by `.venv/bin/python -m tests.benchmark_smoke` on {machine()}; "
         f"{versions(REPORTED_PACKAGES)}. The base model was {built}.",
         "",
+        *(render_seeds(seeds) if seeds else []),
         "## Quality ledger (pass@1, greedy)",
         "",
         header,
@@ -216,8 +273,14 @@ def render_report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cached", action="store_true", help="reuse the cached base model")
-    cached = parser.parse_args().cached
-    measure_offline_and_report(lambda work: measure(work, fresh_cache=not cached), render_report, REPORT)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS),
+                        help=f"fine-tune seeds, one kit run each (default {' '.join(map(str, SWEEP_SEEDS))})")
+    arguments = parser.parse_args()
+    measure_offline_and_report(
+        lambda work: measure_seeds(work, tuple(arguments.seeds), fresh_cache=not arguments.cached),
+        lambda runs: render_report(runs[0], runs),
+        REPORT,
+    )
 
 
 if __name__ == "__main__":

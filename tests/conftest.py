@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kit.benchmarks import PACKAGED_MBPP
 from kit.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
-SHARED_MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
+MBPP = PACKAGED_MBPP
+# What tools keep in a work tree (the interpreter's bytecode, pytest's, ruff's and hypothesis' caches,
+# the installed package's metadata); anything else a test leaves there fails it.
+TOOL_FOLDERS = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"}
 
 
 def smoke_at(folder: Path, overrides: list[str]) -> Params:
@@ -31,13 +36,37 @@ def logged_losses(trained: dict[str, Any]) -> list[float]:
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tracking(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Every test logs to its own session's SQLite store, never the developer's."""
+    """Every test logs to its own session's SQLite store, never the developer's, from a folder of the
+    session's own: what MLflow (or any tool) writes relative to the current folder stays out of the
+    work tree."""
     store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     patch = pytest.MonkeyPatch()
+    patch.chdir(tmp_path_factory.mktemp("cwd"))
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     patch.setenv("HF_HUB_OFFLINE", "1")
     yield
     patch.undo()
+
+
+def work_tree_entries() -> set[str]:
+    """Every file and folder of the work tree but tools' caches and virtual environments."""
+    entries = set()
+    for folder, folders, files in os.walk(ROOT):
+        kept = [name for name in folders if name not in TOOL_FOLDERS and not name.endswith(".egg-info")
+                and not (Path(folder, name) / "pyvenv.cfg").exists()]
+        folders[:] = kept
+        relative = Path(folder).relative_to(ROOT)
+        entries.update(str(relative / name) for name in [*kept, *files])
+    return entries
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_work_tree_clean():
+    """A test writes into its own temporary folders, never into the repository."""
+    before = work_tree_entries()
+    yield
+    left = sorted(work_tree_entries() - before)
+    assert not left, f"the test left these in the work tree: {left[:10]}"
 
 
 @pytest.fixture()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from . import benchmark_prepare as benchmark
-from .conftest import SHARED_MBPP
-
-needs_mbpp = pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 
 
 def test_padding_to_the_longest_counts_each_batchs_padding():
@@ -24,14 +19,12 @@ def test_repacking_keeps_every_sample_and_reaches_the_bound_where_best_fit_decre
     assert all(sum(row) <= 10 for row in repacked)
 
 
-@needs_mbpp
 def test_timed_rows_are_distinct_beyond_one_pass_over_their_sources():
     rows = benchmark.timed_sample_rows(1000)
     assert len(benchmark.mbpp_train_rows()) == 374
     assert len({(row["instruction"], row["output"]) for row in rows}) == 1000
 
 
-@needs_mbpp
 def test_the_benchmark_runs_end_to_end_on_a_few_samples(tmp_path):
     dataset = benchmark.write_jsonl(benchmark.mbpp_train_rows()[:24], tmp_path / "few.jsonl")
     padding = benchmark.measure_padding(dataset, tmp_path / "padding", micro_batch_size=10)

@@ -23,9 +23,8 @@ from kit.decontaminate import (
 )
 from kit.params import Params, load_params
 
-from .conftest import SHARED_MBPP, SMOKE
+from .conftest import MBPP, SMOKE
 
-needs_mbpp = pytest.mark.skipif(not SHARED_MBPP.exists(), reason=f"{SHARED_MBPP} not present")
 # Separators that are not word characters: any mix of them is only a change of layout.
 LAYOUT = st.text(alphabet=" \t\n\r()[]{}:;,.=+-*/<>'\"#", min_size=1, max_size=4)
 FILLER = "zzfiller"  # in no benchmark, so windows that reach into it never match
@@ -44,9 +43,7 @@ def _humaneval_index(ngram: int) -> ContaminationIndex:
 
 @pytest.fixture(scope="module")
 def index() -> ContaminationIndex:
-    if not SHARED_MBPP.exists():
-        pytest.skip(f"{SHARED_MBPP} not present")
-    return build_index(_params(eval_mbpp_path=SHARED_MBPP))
+    return build_index(_params())
 
 
 def _relayout(text: str, separators: list[str]) -> str:
@@ -82,9 +79,8 @@ def test_any_layout_of_a_humaneval_function_is_flagged_with_its_task(task: int, 
     assert index.matches(copy) == index.matches(function)
 
 
-@needs_mbpp
 def test_mbpp_reference_solution_copy_is_flagged(index: ContaminationIndex) -> None:
-    problem = next(problem for problem in mbpp_problems(str(SHARED_MBPP)) if problem.task_id == 11)
+    problem = next(problem for problem in mbpp_problems(str(MBPP)) if problem.task_id == 11)
     sample = "Here is a solution:\n" + problem.reference_completion.replace("\r\n", "\n").replace("\t", "  ")
     assert index.matches(sample) == {"MBPP/11"}
     assert index.checked == ["humaneval", "mbpp"]
@@ -129,7 +125,6 @@ def test_short_texts_are_not_flagged(index: ContaminationIndex) -> None:
     assert index.matches("return x") == set()
 
 
-@needs_mbpp
 def test_mbpp_prompt_boilerplate_and_number_runs_are_not_flagged(index: ContaminationIndex) -> None:
     # The few-shot frame is the same for every task; a counting run is in several tasks' asserts.
     boilerplate = (
@@ -144,31 +139,38 @@ def test_mbpp_prompt_boilerplate_and_number_runs_are_not_flagged(index: Contamin
 # --- what was checked, and the report -----------------------------------------------------------
 
 
-def test_offline_without_mbpp_path_skips_mbpp_and_says_so() -> None:
+def test_mbpp_is_checked_offline_from_the_copy_kit_ships() -> None:
+    index = build_index(_params())
+    assert index.checked == ["humaneval", "mbpp"] and index.skipped == {}
+
+
+def test_an_unreachable_hub_mbpp_is_skipped_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index = build_index(_params())
-    if "mbpp" in index.checked:
-        pytest.skip("MBPP is in this machine's Hub cache, so offline mode still finds it")
+        index = build_index(_params(eval_mbpp_path="google-research-datasets/mbpp"))
     assert index.checked == ["humaneval"]
-    assert "unreachable" in index.skipped["mbpp"]
+    assert "unreachable" in index.skipped["mbpp"] and "eval_mbpp_path" in index.skipped["mbpp"]
     assert any("MBPP not checked" in str(warning.message) for warning in caught)
     report = contamination_report(["x"], find_contaminated(["x"], index), index)
     assert report["benchmarks_skipped"] == index.skipped
     assert report["contaminated_samples_by_benchmark"] == {"humaneval": 0}
 
 
-@needs_mbpp
 def test_build_index_uses_the_params_ngram() -> None:
-    index = build_index(_params(dataset_decontamination_ngram=6, eval_mbpp_path=SHARED_MBPP))
+    index = build_index(_params(dataset_decontamination_ngram=6, eval_mbpp_path=MBPP))
     assert index.ngram == 6
     assert all(len(gram) == 6 for gram in index.task_ids_by_ngram)
 
 
-@needs_mbpp
 def test_report_counts_samples_per_benchmark_and_shows_examples(index: ContaminationIndex) -> None:
     humaneval_copy = humaneval_problems()[1].reference_completion
-    mbpp_copy = next(p for p in mbpp_problems(str(SHARED_MBPP)) if p.task_id == 11).reference_completion
+    mbpp_copy = next(p for p in mbpp_problems(str(MBPP)) if p.task_id == 11).reference_completion
     texts = ["print('hello')", humaneval_copy, mbpp_copy, inspect.getsource(textwrap), humaneval_copy + mbpp_copy]
     matches = find_contaminated(texts, index)
     assert matches == [set(), {"HumanEval/1"}, {"MBPP/11"}, set(), {"HumanEval/1", "MBPP/11"}]

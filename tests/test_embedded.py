@@ -25,13 +25,17 @@ def _digest(folder):
             if path.name != BUILD_TIME}
 
 
-def test_two_builds_from_the_same_seed_are_byte_identical(tmp_path):
+def test_two_builds_are_byte_identical_and_the_fine_tunes_seed_is_not_the_bases(tmp_path):
     first = build_base_model(_tiny(), cache=tmp_path / "a")
     second = build_base_model(_tiny(), cache=tmp_path / "b")
     assert {"model.safetensors", "tokenizer.model", "tokenizer.json", "config.json"} <= set(_digest(first))
     assert _digest(first) == _digest(second)
-    other_seed = build_base_model(_tiny(["seed=7"]), cache=tmp_path / "c")
-    assert _digest(other_seed)["model.safetensors"] != _digest(first)["model.safetensors"]
+    # A seed sweep fine-tunes one base: another seed finds the same cached folder, built nothing new.
+    assert build_base_model(_tiny(["seed=7"]), cache=tmp_path / "a") == first
+    assert len(list((tmp_path / "a" / "embedded-model").iterdir())) == 1
+    # ... while it draws other training rows.
+    assert build_instruction_dataset(_tiny(["seed=7"]), tmp_path).read_bytes() != build_instruction_dataset(
+        _tiny(), tmp_path).read_bytes()
 
 
 def test_a_built_model_is_reused_from_the_cache(tmp_path):

@@ -26,7 +26,7 @@ from kit.params import Params, ParamsError, load_params
 from kit.sandbox import ExecutionResult, isolation
 from kit.score import pass_at_k, verdict
 
-from .conftest import SHARED_MBPP, SMOKE, smoke_at
+from .conftest import MBPP, SMOKE, smoke_at
 from .test_merge import lora_trained_manifest
 
 # --- pass@k ------------------------------------------------------------------------------------
@@ -114,9 +114,20 @@ def test_humaneval_has_164_problems_with_prompts_as_published() -> None:
     assert first.program("    pass\n").startswith(first.prompt + "    pass\n")
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
+def test_the_shipped_mbpp_is_google_researchs_file_and_the_default() -> None:
+    import hashlib
+
+    assert hashlib.sha256(MBPP.read_bytes()).hexdigest() == (
+        "0b7004a79cd62d9ec7ecdd5a6e5f0ef1210ff00b286df3c5d5b57bf38c58e19a"
+    )
+    assert "CC BY 4.0" in (MBPP.parent / "MBPP-LICENSE.md").read_text()
+    assert mbpp_problems(None) == mbpp_problems(str(MBPP))
+    with pytest.raises(FileNotFoundError, match="eval_mbpp_path"):
+        mbpp_problems("missing/mbpp.jsonl")
+
+
 def test_mbpp_prompt_is_three_shot_with_the_tasks_asserts() -> None:
-    problems = mbpp_problems(str(SHARED_MBPP))
+    problems = mbpp_problems(None)
     assert [problem.task_id for problem in problems] == list(range(11, 511))
     prompt = problems[0].prompt
     shot = (
@@ -145,9 +156,8 @@ def test_mbpp_prompt_is_three_shot_with_the_tasks_asserts() -> None:
     ]
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 def test_eval_limit_takes_the_first_problems(smoke_params: Params) -> None:
-    params = smoke_params.model_copy(update={"eval_limit": 3, "eval_mbpp_path": str(SHARED_MBPP)})
+    params = smoke_params.model_copy(update={"eval_limit": 3, "eval_mbpp_path": str(MBPP)})
     assert [problem.task_id for problem in load_benchmark("mbpp", params)] == [11, 12, 13]
     assert [problem.task_id for problem in load_benchmark("humaneval", params)] == [
         "HumanEval/0",
@@ -254,13 +264,12 @@ def _completions(manifest: dict, variant: str, benchmark: str) -> list[str]:
 def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path) -> None:
     import mlflow
 
-    benchmarks = ["humaneval", "mbpp"] if SHARED_MBPP.exists() else ["humaneval"]
+    benchmarks = ["humaneval", "mbpp"]
     variants = ["base", "adapter", "merged", "gguf_f16"]
     for key, value in {
         "eval_benchmarks": benchmarks,
         "eval_limit": 2,
         "eval_max_new_tokens": 16,
-        "eval_mbpp_path": str(SHARED_MBPP) if SHARED_MBPP.exists() else None,
         "eval_variants": variants,
         "eval_prompt_format": "base",  # one prompt for every variant, so completions can be compared
     }.items():

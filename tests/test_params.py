@@ -13,14 +13,14 @@ from kit.params import ParamsError, environment_warnings, load_params, parse_ove
 
 from .conftest import ROOT, SMOKE
 
-SEED = ROOT.parent / "shared" / "seed" / "EvolCodeLlama-7b.yaml"
+# The article's Axolotl config, byte for byte.
+ARTICLE_CONFIG = ROOT / "params" / "EvolCodeLlama-7b.yaml"
 BAD = sorted((Path(__file__).parent / "bad_params").glob("*.yaml"))
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the article's config lives in ../shared/seed")
 def test_the_articles_axolotl_config_is_a_valid_params_file(capsys):
-    assert main(["validate", str(SEED)]) == 0
-    params = load_params(SEED)
+    assert main(["validate", str(ARTICLE_CONFIG)]) == 0
+    params = load_params(ARTICLE_CONFIG)
     assert (params.lora_r, params.lora_alpha, params.micro_batch_size, params.eval_steps) == (32, 16, 10, 0.01)
     assert params.lora_targets == "all-linear"
     assert params.experiment_name == "EvolCodeLlama-7b"

@@ -25,7 +25,7 @@ from kit.params import DatasetSpec, Params, ParamsError, load_params
 from kit.sandbox import run_programs
 from kit.score import check_program
 
-from .conftest import SHARED_MBPP, SMOKE
+from .conftest import MBPP, SMOKE
 
 # A problem as HumanEval shapes one: its prompt is a signature and docstring, which the completion continues.
 ADD = Problem(
@@ -192,9 +192,8 @@ def test_humaneval_instruct_prompt_is_alpacas_with_the_answer_primed(smoke_param
     assert first.program(first.reference_completion) == base[0].program(base[0].reference_completion)
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 def test_mbpp_instruct_prompt_is_the_task_and_its_asserts_zero_shot(smoke_params: Params) -> None:
-    params = smoke_params.model_copy(update={"eval_mbpp_path": str(SHARED_MBPP), "eval_limit": 1})
+    params = smoke_params.model_copy(update={"eval_mbpp_path": str(MBPP), "eval_limit": 1})
     (problem,) = load_benchmark("mbpp", params, "instruct")
     instruction = (
         "Write a python function to remove first and last occurrence of a given character from the string. "
@@ -267,9 +266,8 @@ def test_canonical_solutions_answered_as_instructions_all_pass(smoke_params: Par
     assert failed == []
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 def test_mbpp_reference_solutions_answered_as_instructions_pass(smoke_params: Params) -> None:
-    params = smoke_params.model_copy(update={"eval_mbpp_path": str(SHARED_MBPP), "eval_limit": 40})
+    params = smoke_params.model_copy(update={"eval_mbpp_path": str(MBPP), "eval_limit": 40})
     problems = load_benchmark("mbpp", params, "instruct")
     completions = [
         problem.completion_from(f"{problem.reference_completion}\n```\nThe function above solves it.")

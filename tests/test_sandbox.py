@@ -1,5 +1,7 @@
-"""The sandbox against hostile programs, at every isolation level that works here (a level skips what
-it does not contain, saying why), and the benchmarks' own solutions run through it.
+"""The sandbox against hostile programs, and the benchmarks' own solutions run through it. What every
+level holds to is tested at all three; the containment a process group alone cannot give, at the
+namespaced levels. A level that does not work here skips, saying why, but where
+TUNEBOOK_REQUIRE_SANDBOX is set (as in CI) a namespaced level that does not work fails.
 
 Each hostile program names itself with a random token (its /proc comm, or argv[0] of what it starts),
 so that the test can look for its processes from the host whatever PID namespace they live in.
@@ -13,10 +15,12 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -24,24 +28,40 @@ from kit import sandbox
 from kit.benchmarks import humaneval_problems, mbpp_problems
 from kit.sandbox import ISOLATION_LEVELS, isolation, isolation_unavailable, run_program, run_programs
 
-from .conftest import ROOT, SHARED_MBPP
+from .conftest import MBPP, ROOT
 
 NAMESPACED = ("bubblewrap", "namespaces")
+SANDBOX_REQUIRED = bool(os.environ.get("TUNEBOOK_REQUIRE_SANDBOX"))
 # A failing benchmark test, ending each hostile program: what it did must not make it pass.
 FAILING_TEST = "\nassert 1 + 1 == 3\n"
+# A user no one has, for programs of an unprivileged scorer.
+UNPRIVILEGED_UID = 1999999999
+
+
+def _unavailable(level: str, problem: str) -> NoReturn:
+    message = f"{level} does not work here: {problem}"
+    if SANDBOX_REQUIRED and level in NAMESPACED:
+        pytest.fail(f"{message} (TUNEBOOK_REQUIRE_SANDBOX asks for every namespaced level)")
+    pytest.skip(message)
+
+
+def _working(level: str) -> str:
+    problem = isolation_unavailable(level)
+    if problem:
+        _unavailable(level, problem)
+    return level
 
 
 @pytest.fixture(params=ISOLATION_LEVELS)
 def level(request: pytest.FixtureRequest) -> str:
-    problem = isolation_unavailable(request.param)
-    if problem:
-        pytest.skip(f"{request.param} does not work here: {problem}")
-    return request.param
+    """Every level, for what holds at all of them."""
+    return _working(request.param)
 
 
-def _needs_namespaces(level: str, reason: str) -> None:
-    if level not in NAMESPACED:
-        pytest.skip(f"{level} isolation does not contain this: {reason}")
+@pytest.fixture(params=NAMESPACED)
+def namespaced_level(request: pytest.FixtureRequest) -> str:
+    """The namespaced levels, for what a process group alone does not contain."""
+    return _working(request.param)
 
 
 def _token() -> str:
@@ -99,17 +119,6 @@ def test_the_strongest_working_level_is_chosen() -> None:
         assert isolation() == "bubblewrap", isolation_unavailable("bubblewrap")
 
 
-def test_without_namespaces_it_falls_back_to_a_process_group_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "isolation_unavailable", lambda level: "" if level == "process-group" else "no")
-    isolation.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="without namespaces"):
-            assert isolation() == "process-group"
-        assert run_program("pass", timeout=5).isolation == "process-group"
-    finally:
-        isolation.cache_clear()
-
-
 @pytest.mark.parametrize(
     "exit_call",
     [
@@ -161,8 +170,7 @@ def test_a_memory_bomb_fails_quickly(level: str) -> None:
     assert time.monotonic() - started < 2
 
 
-def test_a_fork_storm_is_capped_and_ends_with_the_program(level: str) -> None:
-    _needs_namespaces(level, "a cap on processes would count all the user's processes, and root ignores it")
+def test_a_fork_storm_is_capped_and_ends_with_the_program(namespaced_level: str) -> None:
     token = _token()
     # Bounded at 300 so that a missing cap fails the test without exhausting the host's pids.
     program = _named(token) + (
@@ -179,7 +187,7 @@ def test_a_fork_storm_is_capped_and_ends_with_the_program(level: str) -> None:
         "print('children', children, file=sys.stderr, flush=True)\n"
     )
     started = time.monotonic()
-    result = run_program(program + FAILING_TEST, timeout=5, level=level)
+    result = run_program(program + FAILING_TEST, timeout=5, level=namespaced_level)
     assert result.status == "failed"
     children = int(next(line for line in result.stderr_tail.splitlines() if line.startswith("children")).split()[1])
     assert 0 < children < sandbox.PROCESS_LIMIT
@@ -203,11 +211,10 @@ def test_a_file_past_the_size_limit_fails(level: str) -> None:
 
 
 @pytest.mark.parametrize("folder", [".", "/tmp", "/dev/shm"])
-def test_many_files_cannot_fill_more_than_the_private_folders_cap(level: str, folder: str) -> None:
-    _needs_namespaces(level, "its files go to the host's disk, each capped but not their total")
+def test_many_files_cannot_fill_more_than_the_private_folders_cap(namespaced_level: str, folder: str) -> None:
     # 12 files of 8 MiB, each under the file-size limit: together past the private tmpfs's 64 MiB.
     program = f"for index in range(12):\n    open(f'{folder}/part{{index}}.bin', 'wb').write(b'x' * 8 * 1024**2)\n"
-    result = run_program(program, timeout=5, level=level)
+    result = run_program(program, timeout=5, level=namespaced_level)
     assert result.status == "failed" and "No space left on device" in result.stderr_tail
 
 
@@ -224,8 +231,9 @@ def victims(tmp_path: Path) -> Iterator[list[Path]]:
         shutil.rmtree(in_repository, ignore_errors=True)
 
 
-def test_files_outside_its_folder_cannot_be_deleted_truncated_or_added_to(level: str, victims: list[Path]) -> None:
-    _needs_namespaces(level, "the program can write whatever this user can")
+def test_files_outside_its_folder_cannot_be_deleted_truncated_or_added_to(
+    namespaced_level: str, victims: list[Path]
+) -> None:
     attacks = (
         "os.remove(path)",
         "open(path, 'w').write('gone')",
@@ -239,7 +247,7 @@ def test_files_outside_its_folder_cannot_be_deleted_truncated_or_added_to(level:
     for attack in attacks:
         program += f"    try:\n        {attack}\n        print('done', {attack!r}, file=sys.stderr)\n"
         program += "    except OSError:\n        pass\n"
-    result = run_program(program + FAILING_TEST, timeout=5, level=level)
+    result = run_program(program + FAILING_TEST, timeout=5, level=namespaced_level)
     assert result.status == "failed" and "done" not in result.stderr_tail, result.stderr_tail
     for victim in victims:
         assert sorted(os.listdir(victim.parent)) == ["precious.txt"]
@@ -282,8 +290,7 @@ def test_the_program_cannot_see_the_parents_environment(level: str, monkeypatch:
     assert "PATH" in result.stderr_tail  # what it printed did reach the test
 
 
-def test_the_scorers_process_and_the_home_folder_are_out_of_sight(level: str) -> None:
-    _needs_namespaces(level, "the program sees the user's processes and files")
+def test_the_scorers_process_and_the_home_folder_are_out_of_sight(namespaced_level: str) -> None:
     secret = f"hf_{secrets.token_hex(8)}"
     handle, secret_file = tempfile.mkstemp(prefix=".sandbox-secret-", dir=Path.home())
     os.close(handle)
@@ -297,7 +304,7 @@ def test_the_scorers_process_and_the_home_folder_are_out_of_sight(level: str) ->
             "    except OSError:\n"
             "        pass\n"
         )
-        result = run_program(program + FAILING_TEST, timeout=5, level=level)
+        result = run_program(program + FAILING_TEST, timeout=5, level=namespaced_level)
     finally:
         os.remove(secret_file)
     assert result.status == "failed"
@@ -309,14 +316,21 @@ def test_the_scorers_process_and_the_home_folder_are_out_of_sight(level: str) ->
     [
         "os.killpg(0, signal.SIGKILL)",  # its own session's group
         "os.kill(os.getppid(), signal.SIGKILL)",  # the runner
-        "os.kill(SCORER, signal.SIGKILL)",
-        "os.kill(-1, signal.SIGKILL)",
     ],
 )
 def test_killing_its_parent_or_group_hurts_neither_the_scorer_nor_other_samples(level: str, attack: str) -> None:
-    if "SCORER" in attack or "-1" in attack:
-        # Outside a PID namespace the scorer is in sight, and -1 is every process root may kill.
-        _needs_namespaces(level, "the program can signal every process of this user")
+    _assert_the_attack_hurts_only_its_program(level, attack)
+
+
+# Outside a PID namespace the scorer is in sight, and -1 is every process root may kill.
+@pytest.mark.parametrize("attack", ["os.kill(SCORER, signal.SIGKILL)", "os.kill(-1, signal.SIGKILL)"])
+def test_killing_the_scorer_or_every_process_hurts_neither_it_nor_other_samples(
+    namespaced_level: str, attack: str
+) -> None:
+    _assert_the_attack_hurts_only_its_program(namespaced_level, attack)
+
+
+def _assert_the_attack_hurts_only_its_program(level: str, attack: str) -> None:
     program = (
         "import os, signal, sys, time\n"
         f"SCORER = {os.getpid()}\n"
@@ -328,8 +342,7 @@ def test_killing_its_parent_or_group_hurts_neither_the_scorer_nor_other_samples(
     assert [result.status for result in results] == ["failed", "passed", "passed", "passed"]
 
 
-def test_the_program_holds_no_capabilities_and_cannot_gain_any(level: str) -> None:
-    _needs_namespaces(level, "the program keeps this user's privileges")
+def test_the_program_holds_no_capabilities_and_cannot_gain_any(namespaced_level: str) -> None:
     program = (
         "import sys\n"
         "status = dict(line.split(':\\t') for line in open('/proc/self/status').read().splitlines())\n"
@@ -337,12 +350,11 @@ def test_the_program_holds_no_capabilities_and_cannot_gain_any(level: str) -> No
         "assert int(status['CapEff'], 16) == int(status['CapPrm'], 16) == int(status['CapAmb'], 16) == 0\n"
         "assert status['NoNewPrivs'] == '1'\n"
     )
-    result = run_program(program, timeout=5, level=level)
+    result = run_program(program, timeout=5, level=namespaced_level)
     assert result.passed, result.stderr_tail
 
 
-def test_nothing_a_program_leaves_reaches_the_next_one_in_its_runner(level: str) -> None:
-    _needs_namespaces(level, "its leftovers outside its process group stay on the host")
+def test_nothing_a_program_leaves_reaches_the_next_one_in_its_runner(namespaced_level: str) -> None:
     token = _token()
     leaves_files_and_a_daemon = _named(token) + (
         "import os, time\n"
@@ -371,12 +383,13 @@ def test_nothing_a_program_leaves_reaches_the_next_one_in_its_runner(level: str)
     )
     # One worker: one runner for them all, but where a program had it retired.
     programs = [leaves_files_and_a_daemon + FAILING_TEST, follower, leaves_a_sysv_segment + FAILING_TEST, follower]
-    results = run_programs(programs, timeout=5, workers=1, level=level)
+    results = run_programs(programs, timeout=5, workers=1, level=namespaced_level)
     assert [result.status for result in results] == ["failed", "passed", "failed", "passed"], results
     assert _none_left(token)
 
 
 # Programs of an unprivileged scorer run as its own user and could reach the runner they share.
+UNPRIVILEGED = ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups", "--"]
 UNPRIVILEGED_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -400,24 +413,125 @@ print(json.dumps({"problem": problem, "statuses": statuses}))
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user takes root")
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system interpreter an unprivileged user can run")
-def test_as_an_unprivileged_user_programs_cannot_hamper_the_runner_they_share(level: str) -> None:
-    _needs_namespaces(level, "programs share the scorer's user")
+def test_as_an_unprivileged_user_programs_cannot_hamper_the_runner_they_share(namespaced_level: str) -> None:
     # A copy of the module and the script where any user can read them, run by an unassigned user.
     folder = Path(tempfile.mkdtemp(prefix="sandbox-unprivileged-"))
     try:
         folder.chmod(0o755)
         shutil.copy(sandbox.__file__, folder / "sandbox.py")
         (folder / "script.py").write_text(UNPRIVILEGED_SCRIPT)
-        user = ["setpriv", "--reuid=1999999999", "--regid=1999999999", "--clear-groups"]
-        command = [*user, "--", "/usr/bin/python3", str(folder / "script.py"), str(folder), level]
+        command = [*UNPRIVILEGED, "/usr/bin/python3", str(folder / "script.py"), str(folder), namespaced_level]
         completed = subprocess.run(command, capture_output=True, text=True, cwd="/", env={"HOME": "/"}, timeout=120)
     finally:
         shutil.rmtree(folder)
     assert completed.returncode == 0, completed.stderr
     outcome = json.loads(completed.stdout)
     if outcome["problem"]:
-        pytest.skip(f"{level} does not work for an unprivileged user here: {outcome['problem']}")
+        _unavailable(namespaced_level, f"for an unprivileged user, {outcome['problem']}")
     assert outcome["statuses"] == ["failed", "passed"] * 6
+
+
+# Run by the interpreter of a virtual environment under /tmp, as a clone made there runs kit (the
+# sandbox module is beside it, as kit/ is): one runner runs the programs, then says if it still serves.
+CLONE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+level, programs = sys.argv[2], json.loads(sys.argv[3])
+problem = sandbox.isolation_unavailable(level)
+results, serving = [], False
+if not problem:
+    runner = sandbox._Runner(level)
+    results = [runner.run(program, 5) for program in programs]
+    serving = runner.usable
+    runner.close()
+outcome = {"problem": problem, "statuses": [result.status for result in results], "serving": serving}
+print(json.dumps({**outcome, "stderr": [result.stderr_tail for result in results]}))
+"""
+
+
+@pytest.fixture(params=["the scorer", "an unprivileged scorer"])
+def clone_under_tmp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, list[str], str]]:
+    """A folder under /tmp with the sandbox module, a file of the scorer's and a virtual environment
+    (``.venv``, made by the scorer from a base interpreter it can run); what runs a command as the
+    scorer; and that base. The unprivileged scorer owns the folder: only read-only mounts keep its
+    programs out."""
+    if request.param == "the scorer":
+        if not str(tmp_path).startswith("/tmp/"):
+            pytest.skip(f"pytest's temporary folder {tmp_path} is not under /tmp")
+        folder, user, base = tmp_path, [], sys._base_executable
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("switching to an unprivileged user takes root")
+        if not Path("/usr/bin/python3").exists():
+            pytest.skip("no system interpreter an unprivileged user can run")
+        # Not in pytest's folder, which is root's alone.
+        folder = Path(tempfile.mkdtemp(prefix="sandbox-clone-", dir="/tmp"))
+        user, base = UNPRIVILEGED, "/usr/bin/python3"
+        folder.chmod(0o755)
+    clone = folder / "clone"
+    clone.mkdir()
+    shutil.copy(sandbox.__file__, clone / "sandbox.py")
+    (clone / "script.py").write_text(CLONE_SCRIPT)
+    (clone / "planted.txt").write_text("the scorer's")
+    if user:
+        for path in (clone, *clone.iterdir()):
+            os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    subprocess.run([*user, base, "-m", "venv", "--without-pip", str(clone / ".venv")], check=True, cwd="/")
+    try:
+        yield clone, user, base
+    finally:
+        if user:
+            shutil.rmtree(folder)
+
+
+def test_from_a_virtual_environment_under_tmp_programs_run_namespaced_seeing_only_it(
+    namespaced_level: str, clone_under_tmp: tuple[Path, list[str], str]
+) -> None:
+    clone, user, base = clone_under_tmp
+    venv, holder = clone / ".venv", Path("/tmp", clone.relative_to("/tmp").parts[0])
+    paths = f"import os\nclone, venv, holder = {str(clone)!r}, {str(venv)!r}, {str(holder)!r}\n"
+    sees_only_the_environment = paths + (
+        "assert not os.path.exists(f'{clone}/planted.txt'), 'a file beside the environment is in sight'\n"
+        "assert os.listdir(clone) == ['.venv'], os.listdir(clone)\n"
+        "others = {name for name in os.listdir('/tmp') if not name.startswith('tunebook-sandbox-')}\n"
+        "assert others == {'.tunebook-output', os.path.basename(holder)}, others\n"
+    )
+    writes = [
+        "open(f'{venv}/bin/python', 'ab')",
+        "open(f'{venv}/planted.txt', 'w')",
+        "os.mkdir(f'{venv}/planted')",
+        "os.rename(f'{venv}/pyvenv.cfg', f'{venv}/moved.cfg')",
+        "os.chmod(venv, 0o777)",
+        "open(f'{clone}/planted.txt', 'w')",  # in a folder the sandbox made to hold it
+        "os.mkdir(f'{holder}/planted')",
+        "os.rmdir(venv)",
+    ]
+    writes_nothing = paths + f"for write in {writes!r}:\n" + (
+        "    try:\n"
+        "        eval(write)\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    raise AssertionError(write)\n"
+    )
+    finds_it_intact = paths + "assert os.path.isfile(f'{venv}/pyvenv.cfg') and os.listdir(clone) == ['.venv']\n"
+
+    def run(python: str, programs: list[str]) -> dict:
+        command = [*user, python, str(clone / "script.py"), str(clone), namespaced_level, json.dumps(programs)]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd="/", env={"HOME": "/"}, timeout=120)
+        assert completed.returncode == 0, completed.stderr
+        return json.loads(completed.stdout)
+
+    # Where the level works for this scorer at all (its base interpreter lies outside /tmp), it must
+    # work from the virtual environment too.
+    problem = run(base, [])["problem"]
+    if problem:
+        _unavailable(namespaced_level, f"for {' '.join(user) or 'this user'}: {problem}")
+    outcome = run(str(venv / "bin" / "python"), [sees_only_the_environment, writes_nothing, finds_it_intact])
+    assert outcome["problem"] == ""
+    assert outcome["statuses"] == ["passed"] * 3, outcome["stderr"]
+    # The folders kept for the interpreter neither get wiped after each program nor retire the runner.
+    assert outcome["serving"]
 
 
 def test_children_outliving_the_program_are_killed(level: str) -> None:
@@ -480,9 +594,8 @@ def test_every_humaneval_reference_solution_passes_and_a_wrong_one_fails() -> No
     assert results[-1].status == "failed"
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 def test_mbpp_reference_solutions_pass_and_a_wrong_one_fails() -> None:
-    problems = mbpp_problems(str(SHARED_MBPP))[:20]
+    problems = mbpp_problems(str(MBPP))[:20]
     programs = [problem.program(problem.reference_completion) for problem in problems]
     # The task's function, defined to return nothing: the asserts must catch it.
     programs.append(problems[0].program("def remove_Occ(s, ch):\n    return None\n"))

@@ -14,7 +14,7 @@ from kit.cli import main
 from kit.sandbox import ExecutionResult, isolation
 from kit.score import default_out_path, pass_at_k, pass_at_k_scores, score_samples, verdict
 
-from .conftest import SHARED_MBPP
+from .conftest import MBPP
 
 CANONICAL = {problem.task_id: problem.reference_completion for problem in humaneval_problems()}
 
@@ -196,18 +196,17 @@ def test_failure_reasons_are_the_errors_last_line_of_text() -> None:
     assert verdict(ExecutionResult("passed", "noise\n")) == "passed"
 
 
-@pytest.mark.skipif(not SHARED_MBPP.exists(), reason="the shared MBPP file is absent")
 def test_mbpp_reference_solutions_pass_and_a_wrong_one_fails(tmp_path: Path) -> None:
-    problems = {problem.task_id: problem for problem in mbpp_problems(str(SHARED_MBPP))}
+    problems = {problem.task_id: problem for problem in mbpp_problems(str(MBPP))}
     # Task ids as MBPP's numbers, or quoted.
     rows = [{"task_id": task_id, "completion": problems[task_id].reference_completion} for task_id in (11, 12, 13)]
     rows.append({"task_id": "510", "completion": problems[510].reference_completion})
     rows.append({"task_id": 11, "completion": "def remove_Occ(s, ch):\n    return s\n"})
     samples = _write_samples(tmp_path / "mbpp.jsonl", rows)
-    summary = score_samples("mbpp", samples, workers=2, mbpp_path=str(SHARED_MBPP))
+    summary = score_samples("mbpp", samples, workers=2, mbpp_path=str(MBPP))
     assert [row["passed"] for row in _read_jsonl(summary.out_path)] == [True, True, True, True, False]
     assert summary.benchmark_tasks == 500 and summary.num_tasks == 4
     assert summary.pass_at_k == {"pass@1": pytest.approx((0.5 + 1 + 1 + 1) / 4)}
     unknown = _write_samples(tmp_path / "train-task.jsonl", [{"task_id": 601, "completion": "pass"}])
     with pytest.raises(ValueError, match="line 1: task_id 601 is not in mbpp"):
-        score_samples("mbpp", unknown, mbpp_path=str(SHARED_MBPP))
+        score_samples("mbpp", unknown, mbpp_path=str(MBPP))
