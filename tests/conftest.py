@@ -42,6 +42,8 @@ def isolated_tracking(tmp_path_factory: pytest.TempPathFactory) -> None:
     store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     patch = pytest.MonkeyPatch()
     patch.chdir(tmp_path_factory.mktemp("cwd"))
+    # ... from where processes the tests start (``python -m tests.…``) still find the repository's modules.
+    patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     patch.setenv("HF_HUB_OFFLINE", "1")
     yield
