@@ -11,8 +11,8 @@ it, and a version bound would give up CPU QLoRA, so kit switches the repacking o
 every forward then takes the dequantizing path.
 
 ``check_nf4_base`` is the guard: it stops training or merging, naming the layer and the cause, when a
-4-bit layer's quantization state differs from its snapshot or its output (eval and train mode)
-disagrees with its dequantized weights.
+4-bit layer's quantization state differs from its snapshot, its repacking is still switched on, or
+its output (eval and train mode) disagrees with its dequantized weights.
 """
 
 from __future__ import annotations
@@ -125,20 +125,11 @@ def _disagreement(layer, training: bool) -> float:
 
 
 def check_nf4_base(model, reference: dict[str, Signature], when: str) -> None:
-    """Raise ``NF4BaseError`` naming the first 4-bit layer whose output disagrees with its dequantized
-    weights, or whose quantization state is no longer ``reference``'s; ``when`` says at which point."""
+    """Raise ``NF4BaseError`` naming the first 4-bit layer whose quantization state is no longer
+    ``reference``'s, that bitsandbytes would repack on its next eval forward, or whose output disagrees
+    with its dequantized weights; ``when`` says at which point. The state is checked first: it names
+    the cause, and probing a repacked layer's output goes through the kernel that broke it."""
     layers = nf4_layers(model)
-    for name, layer in layers.items():
-        for training in (False, True):
-            measured = _disagreement(layer, training)
-            tolerance = RELATIVE_TOLERANCE[str(_compute_dtype(layer)).removeprefix("torch.")]
-            if measured > tolerance:
-                mode = "train" if training else "eval"
-                raise NF4BaseError(
-                    f"4-bit base is wrong {when}: layer {name} in {mode} mode is off from its dequantized "
-                    f"weights by {measured:.3g} of its output (tolerance {tolerance:g}); bitsandbytes' 4-bit "
-                    "kernels on this machine do not compute what the weights say"
-                )
     for name, layer in layers.items():
         if _signature(layer) != reference.get(name):
             repacked = getattr(_quant_state(layer), "packing_format_for_cpu", False)
@@ -151,3 +142,22 @@ def check_nf4_base(model, reference: dict[str, Signature], when: str) -> None:
                 f"4-bit base changed {when}: layer {name}'s quantization state is not the one loaded ({cause}); "
                 "the frozen base QLoRA trains against must not change"
             )
+    for name, layer in layers.items():
+        # Probing such a layer in eval mode would itself repack it.
+        if getattr(layer, "support_avx512bf16_for_cpu", False) and layer.weight.device.type == "cpu":
+            raise NF4BaseError(
+                f"4-bit base unsafe {when}: bitsandbytes would repack layer {name} in place on its next eval "
+                "forward on this AVX-512 BF16 CPU; load 4-bit models with kit.models.load_causal_lm, or call "
+                "kit.nf4.keep_unpacked on the model"
+            )
+    for name, layer in layers.items():
+        for training in (False, True):
+            measured = _disagreement(layer, training)
+            tolerance = RELATIVE_TOLERANCE[str(_compute_dtype(layer)).removeprefix("torch.")]
+            if measured > tolerance:
+                mode = "train" if training else "eval"
+                raise NF4BaseError(
+                    f"4-bit base is wrong {when}: layer {name} in {mode} mode is off from its dequantized "
+                    f"weights by {measured:.3g} of its output (tolerance {tolerance:g}); bitsandbytes' 4-bit "
+                    "kernels on this machine do not compute what the weights say"
+                )

@@ -15,14 +15,15 @@ from kit.train import nf4_guard
 
 
 def _nf4_linear(seed: int = 0) -> bnb.nn.Linear4bit:
-    """256 -> 512, NF4 with double quantization, float32 compute: QLoRA's layer, weights ~ N(0, 0.02)."""
+    """256 -> 512, NF4 with double quantization, float32 compute: QLoRA's layer, weights ~ N(0, 0.02),
+    as kit loads it (repacking switched off)."""
     torch.manual_seed(seed)
     weight = torch.randn(512, 256) * 0.02
     layer = bnb.nn.Linear4bit(256, 512, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
     layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4",
                                      module=layer)
     layer.bias.data = torch.randn(512) * 0.02
-    return layer.to("cpu")  # quantizes
+    return nf4.keep_unpacked(layer.to("cpu"))  # .to quantizes
 
 
 def _as_bitsandbytes_builds_it_on_an_avx512_bf16_cpu(layer: bnb.nn.Linear4bit) -> bnb.nn.Linear4bit:
@@ -70,6 +71,14 @@ def test_the_guard_names_a_layer_that_bitsandbytes_repacked_in_place():
         model(torch.randn(2, 256))  # bitsandbytes' eval path: the weight is repacked in place
     with pytest.raises(nf4.NF4BaseError, match=r"changed after evaluation: layer 0's .*repacked it in place"):
         nf4.check_nf4_base(model, loaded, "after evaluation")
+
+
+def test_the_guard_stops_a_layer_that_bitsandbytes_would_repack_before_anything_runs_it():
+    model = torch.nn.Sequential(_as_bitsandbytes_builds_it_on_an_avx512_bf16_cpu(_nf4_linear()))
+    loaded = nf4.snapshot(model)
+    with pytest.raises(nf4.NF4BaseError, match=r"unsafe after loading: bitsandbytes would repack layer 0"):
+        nf4.check_nf4_base(model, loaded, "after loading")
+    assert nf4.snapshot(model) == loaded  # the guard itself ran nothing that repacks
 
 
 def test_the_guard_names_a_layer_whose_output_is_not_its_weights():
