@@ -4,7 +4,8 @@ Golden losses: ``tests/golden/train_losses.json`` holds the first logged losses 
 (params/smoke.yaml with GOLDEN_OVERRIDES) from the embedded base's shape and tokenizer with weights
 drawn from a fixed seed, and the versions they were recorded under; they are compared only under the
 same versions. Not the pretrained base: its 1,200 steps carry each CPU's rounding (AVX2 and AVX-512
-kernels sum in different orders) into different weights, where a seeded draw is the same everywhere. To re-record them after an intended change or an upgrade:
+kernels sum in different orders) into different weights, where a seeded draw is the same everywhere.
+To re-record them after an intended change or an upgrade:
 ``TUNEBOOK_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_train.py -k golden``.
 """
 
