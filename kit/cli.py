@@ -4,6 +4,7 @@ score a file of completions, compare runs, rerun one or sweep a grid of params, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kit.evaluate import quality_ledger
     from kit.runner import run_pipeline
+    from kit.stage import read_manifest
 
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
@@ -42,8 +45,21 @@ def _run(args: argparse.Namespace) -> int:
     if result.failed_stage:
         return 1
     timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result.stage_seconds.items())
-    print(f"finished: {timings}; {sum(result.stage_seconds.values()):.0f} s in all\nrun folder {result.run_dir}")
+    print(f"finished: {timings}; {sum(result.stage_seconds.values()):.0f} s in all")
+    evaluated = read_manifest(result.run_dir, "evaluate") if "evaluate" in result.stage_seconds else None
+    if evaluated:
+        ledger = quality_ledger(evaluated).to_string(float_format=lambda value: f"{value:.3f}", index_names=False)
+        print(f"\nquality ledger, pass@1:\n{ledger}\n")
+    print(f"run folder {result.run_dir}\n{_mlflow_ui_command(params)}")
     return 0
+
+
+def _mlflow_ui_command(params) -> str:
+    """The command that shows the run in MLflow's UI, with this environment's mlflow."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    relative = os.path.relpath(mlflow)
+    shown = relative if not relative.startswith("..") else str(mlflow)
+    return f"see it in MLflow: {shown} ui --backend-store-uri {params.tracking_uri}  (then open http://127.0.0.1:5000)"
 
 
 def _train(args: argparse.Namespace) -> int:

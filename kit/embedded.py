@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kit.embedded_tasks import instruction_rows, style_functions
 from kit.params import Params
+from kit.progress import announce, show_training_progress
 
 BUILDER_VERSION = 3
 # Pretraining rows: tokens per row and rows per step.
@@ -86,7 +87,9 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
         started = time.perf_counter()
+        announce("building the embedded base model, once, into the cache (a few minutes)")
         style = style_functions(STYLE_FUNCTIONS, spec["seed"])
+        announce("base model: training its tokenizer")
         tokenizer = _train_tokenizer(corpus + style, spec, staging)
         model = _init_model(spec)
         pretrain_loss = _pretrain(model, tokenizer, staging, corpus, style, spec) if spec["pretrain_steps"] else None
@@ -214,9 +217,9 @@ def _pretrain(model, tokenizer, folder: Path, corpus: str, style: str, spec: dic
         # The model is tiny: a GPU's start-up would cost more than it saves. Full rows need no padding.
         use_cpu=True,
         dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
+    show_training_progress(trainer, "base model pretraining", tokens_per_step=PRETRAIN_BATCH_SIZE * len(rows[0]))
     trainer.train()
     shutil.rmtree(folder / "pretraining", ignore_errors=True)
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry][-1]

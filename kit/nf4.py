@@ -17,8 +17,9 @@ its output (eval and train mode) disagrees with its dequantized weights.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
+
+from kit.notices import drop_notice
 
 # Numbers a layer's snapshot holds: the byte sums of its tensors and whether it was repacked.
 Signature = tuple[Any, ...]
@@ -33,15 +34,11 @@ class NF4BaseError(RuntimeError):
     """A 4-bit base no longer computes what its quantized weights say."""
 
 
-class _KernelNotice(logging.Filter):
-    """bitsandbytes logs at import, on AVX-512 BF16 CPUs, that the optional ``kernels`` package is missing
-    for the fused kernel; kit never runs that kernel (see above), so the notice asks nothing of the user."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward")
-
-
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelNotice())
+# Notices that ask nothing of the user. bitsandbytes logs at import, on AVX-512 BF16 CPUs, that the
+# optional ``kernels`` package is missing for its fused kernel, which kit never runs (see above);
+# transformers says in which dtype ``dequantize`` casts, which kit chose (merge_dtype or compute dtype).
+drop_notice("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
+drop_notice("transformers.integrations.bitsandbytes", "The modules are dequantized in")
 
 
 def nf4_layers(model) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from kit.formats import IGNORE_INDEX
 from kit.models import load_tokenizer, resolve_base_model, save_tokenizer
 from kit.packing import repack_rows
 from kit.params import EMBEDDED_DATASET, DatasetSpec, Params
+from kit.progress import announce
 from kit.samples import collect_samples
 from kit.sources import load_source
 from kit.stage import write_manifest
@@ -93,10 +94,13 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
 
     from kit.decontaminate import build_index, contamination_report, find_contaminated
 
+    announce(f"loading and tokenizing {len(params.datasets)} dataset(s)")
     collected = collect_samples(params, tokenizer)
     samples = collected.samples
     contamination: dict[str, Any] = {"samples_contaminated": 0}
     if params.dataset_decontamination != "off":
+        benchmarks = ", ".join(params.dataset_decontamination_benchmarks)
+        announce(f"checking {len(samples)} samples against {benchmarks} (decontamination)")
         index = build_index(params)
         matches = find_contaminated(collected.texts, index)
         contamination = contamination_report(collected.texts, matches, index)
@@ -113,6 +117,7 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
     sample_lengths = [len(row) for row in splits["train"]["input_ids"]]
     num_val = len(splits["validation"]) if "validation" in splits else 0
     if params.sample_packing:
+        announce(f"packing {len(sample_lengths)} training samples into rows of {params.sequence_len} tokens")
         splits = pack_splits(splits, params.sequence_len)
     splits.save_to_disk(str(folder / "dataset"))
 
@@ -137,6 +142,17 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
                "sample_lengths": sample_lengths}
     (folder / SUMMARY).write_text(json.dumps(summary))
     return summary
+
+
+# What the prepare notebook shows first (kit.stage.metrics_table).
+SUMMARY_METRICS = {
+    "prepare/num_train": "training samples",
+    "prepare/num_val": "validation samples",
+    "prepare/num_contaminated": "samples overlapping a benchmark",
+    "prepare/train_tokens": "training tokens",
+    "prepare/num_packed_rows": "packed rows",
+    "prepare/packing_efficiency": "packing efficiency (real tokens / row tokens)",
+}
 
 
 def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:

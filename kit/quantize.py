@@ -22,10 +22,15 @@ from kit.gguf_export import OUT_TYPES, export_gguf
 from kit.merge import causal_lm_logits, held_out_token_ids
 from kit.models import inference_device, load_causal_lm, load_tokenizer
 from kit.params import Params
+from kit.progress import Progress
 from kit.stage import write_manifest
 from kit.tracking import log_metrics
 
 SOURCE_TYPE = "f16"
+
+
+# What the quantize notebook shows first (kit.stage.metrics_table); gguf_table follows with every file.
+SUMMARY_METRICS = {"merged/perplexity": "merged model's perplexity on held-out code"}
 
 
 def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:
@@ -35,23 +40,31 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
     model_dir = Path(merged["outputs"]["model_dir"])
     out_dir = out_dir.resolve()
     gguf_paths, seconds = {}, {}
-    for gguf_type in dict.fromkeys([SOURCE_TYPE, *params.gguf_quantizations]):
-        target = out_dir / f"model-{gguf_type}.gguf"
-        started = time.perf_counter()
-        if gguf_type in OUT_TYPES:  # written straight from the weights
-            gguf_paths[gguf_type] = export_gguf(model_dir, target, gguf_type)
-        else:
-            gguf_paths[gguf_type] = quantize_gguf(gguf_paths[SOURCE_TYPE], target, gguf_type)
-        seconds[gguf_type] = time.perf_counter() - started
+    gguf_types = list(dict.fromkeys([SOURCE_TYPE, *params.gguf_quantizations]))
+    with Progress("writing GGUF files", len(gguf_types), unit="files") as progress:
+        for done, gguf_type in enumerate(gguf_types):
+            target = out_dir / f"model-{gguf_type}.gguf"
+            started = time.perf_counter()
+            if gguf_type in OUT_TYPES:  # written straight from the weights
+                progress.update(done, now=f"converting to {gguf_type}")
+                gguf_paths[gguf_type] = export_gguf(model_dir, target, gguf_type)
+            else:
+                progress.update(done, now=f"quantizing to {gguf_type}")
+                gguf_paths[gguf_type] = quantize_gguf(gguf_paths[SOURCE_TYPE], target, gguf_type)
+            seconds[gguf_type] = time.perf_counter() - started
+        progress.update(len(gguf_types), now="all written")
 
     token_ids = held_out_token_ids(load_tokenizer(str(model_dir), params))
     merged_model = load_causal_lm(str(model_dir), params, quantize=False, dtype="float32")
     merged_logits = causal_lm_logits(merged_model.to(inference_device()).eval(), token_ids)
     del merged_model  # llama.cpp loads next; the Hugging Face copy need not stay in memory
     metrics = {"merged/perplexity": perplexity(merged_logits, token_ids)}
-    for gguf_type, path in gguf_paths.items():
-        metrics.update(gguf_metrics(path, gguf_type, token_ids, merged_logits))
-        metrics[f"gguf/{gguf_type}/seconds"] = seconds[gguf_type]
+    checking = Progress("checking each GGUF file against the merged model", len(gguf_paths), unit="files")
+    with checking as progress:
+        for gguf_type, path in gguf_paths.items():
+            metrics.update(gguf_metrics(path, gguf_type, token_ids, merged_logits))
+            metrics[f"gguf/{gguf_type}/seconds"] = seconds[gguf_type]
+            progress.advance()
 
     log_metrics(metrics)
     return write_manifest(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kit import tracking
 from kit.params import load_params
+from kit.progress import ProgressFollower
 from kit.stage import NOTEBOOKS, PROJECT_DIR, STAGES
 
 NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
@@ -79,37 +80,46 @@ def run_pipeline(
     for number, stage in enumerate(stages, start=1):
         stage_run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
         executed = run_dir / "notebooks" / NOTEBOOKS[stage]
-        echo(f"[{number}/{len(stages)}] {stage} ...", end="", flush=True)
+        step = f"[{number}/{len(stages)}] {stage}"
+        echo(f"{step} ...", flush=True)
         stage_started = time.perf_counter()
         failure = None
         try:
-            papermill.execute_notebook(
-                str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
-                str(executed),
-                parameters={
-                    "params_file": str(params_file),
-                    "overrides": overrides,
-                    "run_dir": str(run_dir),
-                    "parent_run_id": parent_run_id,
-                    "mlflow_run_id": stage_run_id,
-                },
-                kernel_name="python3",
-                progress_bar=False,
-                cwd=os.getcwd(),
-                # Kernels talk over local IPC sockets: no TCP ports opened for plain-text traffic.
-                config=Config({"KernelManager": {"transport": "ipc"}}),
-            )
+            # The kernel's output stays in the executed notebook; its progress reaches this terminal.
+            with ProgressFollower(run_dir / "progress" / f"{stage}.jsonl", f"{step} ·"):
+                papermill.execute_notebook(
+                    str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
+                    str(executed),
+                    parameters={
+                        "params_file": str(params_file),
+                        "overrides": overrides,
+                        "run_dir": str(run_dir),
+                        "parent_run_id": parent_run_id,
+                        "mlflow_run_id": stage_run_id,
+                    },
+                    kernel_name="python3",
+                    progress_bar=False,
+                    cwd=os.getcwd(),
+                    config=Config({
+                        # Kernels talk over local IPC sockets: no TCP ports opened for plain-text traffic.
+                        "KernelManager": {"transport": "ipc"},
+                        # A kernel writes its own log to this terminal; jupyter_client interrupts every
+                        # kernel it shuts down, which that log reports as an ERROR. A stage's errors
+                        # reach the notebook and this runner either way.
+                        "NotebookClient": {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]},
+                    }),
+                )
         except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
             failure = error
         seconds = time.perf_counter() - stage_started
         result.stage_seconds[stage] = seconds
         tracking.end_run(params, stage_run_id, failed=failure is not None, notebook=executed)
         if failure is not None:
-            echo(f" FAILED after {seconds:.1f} s")
+            echo(f"{step} FAILED after {seconds:.1f} s")
             result.failed_stage, result.error = stage, _error_summary(failure)
             echo(f"stage {stage} failed; executed notebook: {executed}\n{result.error}", file=sys.stderr)
             break
-        echo(f" done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
+        echo(f"{step} done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
 
     client = tracking.configure(params)
     for stage, seconds in result.stage_seconds.items():

@@ -52,7 +52,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # not imported at run time: this file also runs alone, inside the sandbox
+    from kit.progress import Progress
 
 ISOLATION_LEVELS = ("bubblewrap", "namespaces", "process-group")
 # Where a namespaced level's tool is missing: how to install it (Debian's packages).
@@ -634,9 +637,10 @@ def run_program(program: str, timeout: float, level: str | None = None) -> Execu
 
 
 def run_programs(
-    programs: list[str], timeout: float, workers: int, level: str | None = None
+    programs: list[str], timeout: float, workers: int, level: str | None = None, progress: Progress | None = None
 ) -> list[ExecutionResult]:
-    """Run programs ``workers`` at a time, each worker feeding a runner; results in order."""
+    """Run programs ``workers`` at a time, each worker feeding a runner; results in order, each one
+    counted on ``progress`` as it finishes."""
     level = level or isolation()
     idle: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
 
@@ -648,6 +652,8 @@ def run_programs(
         try:
             return runner.run(program, timeout)
         finally:
+            if progress is not None:
+                progress.advance()
             if runner.usable:
                 idle.put(runner)
             else:

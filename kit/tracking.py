@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from kit.params import Params
+
+# MLflow's INFO lines (creating the store's tables, an experiment) ask nothing of the user; its
+# warnings still show. Set after the import: importing mlflow configures its logger at INFO.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 # Versions recorded with every run: what decides whether a rerun can match it.
 TRACKED_PACKAGES = (

@@ -24,6 +24,7 @@ from kit.models import (
     save_tokenizer,
 )
 from kit.params import Params
+from kit.progress import show_training_progress
 from kit.stage import write_manifest
 from kit.tracking import log_artifact, log_metrics, set_tags
 
@@ -222,6 +223,17 @@ def _make_trainer(**kwargs):
     return trainer
 
 
+# What the train notebook shows first (kit.stage.metrics_table).
+SUMMARY_METRICS = {
+    "train/steps": "optimizer steps",
+    "eval/base_loss": "eval loss before training",
+    "eval/final_loss": "eval loss after training",
+    "train/final_loss": "last train loss",
+    "train/runtime_seconds": "training time (s)",
+    "train/peak_memory_mb": "peak memory (MB)",
+}
+
+
 def run_train(
     params: Params, prepared: dict[str, Any], out_dir: Path, callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -296,6 +308,7 @@ def run_train(
         data_collator=PackedRowsCollator(tokenizer.pad_token_id, packed=outputs["packed"]),
         callbacks=[*guards, *callbacks],
     )
+    show_training_progress(trainer, "training")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resumed_from)
     seconds = time.perf_counter() - started

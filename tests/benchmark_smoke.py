@@ -82,7 +82,7 @@ def measure(
     if process.returncode:
         raise RuntimeError(f"kit run failed:\n{process.stdout[-2000:]}\n{process.stderr[-4000:]}")
     stage_seconds = {stage: float(seconds) for stage, seconds in
-                     re.findall(r"\] (\w+) \.\.\. done in ([\d.]+) s", process.stdout)}
+                     re.findall(r"\] (\w+) done in ([\d.]+) s", process.stdout)}
 
     run_dir = work / "runs" / run_name
     manifests = {stage: read_manifest(run_dir, stage) for stage in STAGES}
@@ -90,6 +90,7 @@ def measure(
     return {
         "params": params,
         "stdout": process.stdout,
+        "stderr": process.stderr,
         "build": build,
         # Built now, or found in the cache: then the time recorded when it was built.
         "build_seconds": build_seconds if fresh_cache else recorded_seconds,

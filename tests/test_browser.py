@@ -22,11 +22,15 @@ from kit.compare import load_comparison
 from kit.report import write_report
 from kit.runner import run_pipeline
 
-from .conftest import SMOKE
+from .conftest import ROOT, SMOKE
 from .mlflow_runs import log_pipeline_run
 
 CHROMIUM = shutil.which("chromium")
 SERVER_START_SECONDS = 120
+RUN_ALL_SECONDS = 240
+JUPYTER_TOKEN = "tunebook-browser-test"
+STDERR = "application/vnd.jupyter.stderr"  # JupyterLab renders error outputs (tracebacks) as stderr too
+NOISE = ("Warning", "warn(", "Traceback", "ERROR")
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +105,27 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def _wait_until_healthy(base: str, server: subprocess.Popen) -> None:
+def _wait_until_answering(url: str, server: subprocess.Popen, name: str, output) -> None:
+    """Until ``url`` answers 200; ``output()`` is what the server printed, quoted if it exits or never answers."""
     deadline = time.monotonic() + SERVER_START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {server.stdout.read()[-3000:]}")
+            raise AssertionError(f"{name} exited: {output()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(1)
-    raise AssertionError(f"mlflow server not healthy after {SERVER_START_SECONDS} s")
+    raise AssertionError(f"{name} not answering after {SERVER_START_SECONDS} s: {output()[-3000:]}")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def test_an_mlflow_server_lists_a_smoke_runs_parent_and_stages_and_its_ui_loads(
@@ -135,7 +148,9 @@ def test_an_mlflow_server_lists_a_smoke_runs_parent_and_stages_and_its_ui_loads(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )
     try:
-        _wait_until_healthy(base, server)
+        # Its output is read only once it has exited: reading a running server's pipe would block.
+        _wait_until_answering(f"{base}/health", server, "mlflow server",
+                              lambda: server.stdout.read() if server.poll() is not None else "")
         found = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name", experiment_name=experiment)
         experiment_id = found["experiment"]["experiment_id"]
         runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
@@ -154,8 +169,82 @@ def test_an_mlflow_server_lists_a_smoke_runs_parent_and_stages_and_its_ui_loads(
         assert "MLflow" in page.title()
         page.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
+
+
+def _notebook_at(folder: Path, name: str) -> Path:
+    """A copy of a stage notebook in ``folder``, its parameters cell on a short run of the embedded default
+    writing there."""
+    notebook = json.loads((ROOT / "notebooks" / name).read_text())
+    cell = next(cell for cell in notebook["cells"] if "parameters" in cell["metadata"].get("tags", []))
+    values = {"params_file": str(SMOKE),
+              "overrides": [f"output_dir={folder / 'out'}", f"dataset_prepared_path={folder / 'prepared'}",
+                            "max_steps=4"]}
+    lines = []
+    for line in "".join(cell["source"]).splitlines():
+        variable = line.partition(" = ")[0]
+        lines.append(f"{variable} = {values[variable]!r}" if variable in values else line)
+    cell["source"] = "\n".join(lines)
+    copy = folder / name
+    copy.write_text(json.dumps(notebook, indent=1))
+    return copy
+
+
+def test_the_train_notebook_runs_all_its_cells_in_jupyterlab_without_errors_or_warnings(
+    browser, tmp_path: Path
+) -> None:
+    """What a user sees running the train notebook in JupyterLab (which prepares the data first): every
+    cell runs, and no output is an error, stderr or a warning."""
+    notebook = _notebook_at(tmp_path, "02_train.ipynb")
+    jupyter = tmp_path / "jupyter"  # its config, data and runtime files, out of the user's and the work tree
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
+           "JUPYTER_DATA_DIR": str(jupyter / "data"), "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
+           "IPYTHONDIR": str(jupyter / "ipython")}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = jupyter / "lab.log"
+    log.parent.mkdir()
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--allow-root", "--ServerApp.port_retries=0",
+             f"--IdentityProvider.token={JUPYTER_TOKEN}",
+             f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True"],
+            stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+        )
+    try:
+        _wait_until_answering(f"{base}/api/status?token={JUPYTER_TOKEN}", server, "jupyter lab", log.read_text)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/lab/tree/{notebook.name}?token={JUPYTER_TOKEN}")
+        page.wait_for_function(
+            """name => {
+                const widget = window.jupyterapp?.shell.currentWidget;
+                return widget?.context?.path === name && widget.sessionContext.session?.kernel?.status === "idle";
+            }""", arg=notebook.name, timeout=SERVER_START_SECONDS * 1000)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        # Run All marks every code cell [*] at once: the run is over once none is, whether every cell ran
+        # or an error stopped the rest.
+        page.wait_for_function(
+            """() => {
+                const prompts = [...document.querySelectorAll(".jp-Notebook .jp-CodeCell .jp-InputArea-prompt")]
+                    .map(prompt => prompt.textContent);
+                return prompts.some(prompt => /\\d/.test(prompt)) && !prompts.some(prompt => prompt.includes("*"));
+            }""", timeout=RUN_ALL_SECONDS * 1000)
+        cells = page.evaluate(
+            """() => [...document.querySelectorAll(".jp-Notebook .jp-CodeCell")].map(cell => ({
+                prompt: cell.querySelector(".jp-InputArea-prompt").textContent,
+                outputs: [...cell.querySelectorAll(".jp-OutputArea-output")]
+                    .map(output => ({mime: output.dataset.mimeType, text: output.textContent})),
+            }))""")
+        page.close()
+    finally:
+        _stop(server)
+
+    code_cells = [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+    assert len(cells) == len(code_cells)
+    noisy = [f"cell {number} {cell['prompt']} ({output['mime']}): {output['text'][:500]}"
+             for number, cell in enumerate(cells, 1) for output in cell["outputs"]
+             if output["mime"] == STDERR or any(word in output["text"] for word in NOISE)]
+    assert not noisy, "noisy outputs:\n" + "\n\n".join(noisy)
+    unrun = [number for number, cell in enumerate(cells, 1) if not any(char.isdigit() for char in cell["prompt"])]
+    assert not unrun, f"code cells {unrun} did not run"

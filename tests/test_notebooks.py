@@ -19,6 +19,8 @@ def test_notebook_is_thin_and_committed_clean(name):
     """Every notebook: the stages' and the ones outside the pipeline (06_compare)."""
     notebook = json.loads((ROOT / "notebooks" / name).read_text())
     cells = notebook["cells"]
+    ids = [cell.get("id") for cell in cells]
+    assert None not in ids and len(set(ids)) == len(ids)  # nbformat 4.5 asks for them; papermill warns without
     assert cells[0]["cell_type"] == "markdown" and "papermill" in "".join(cells[0]["source"])
     tagged = [cell for cell in cells if "parameters" in cell["metadata"].get("tags", [])]
     assert len(tagged) == 1

@@ -51,7 +51,13 @@ def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record
     experiment = "pipeline-test"
     result = benchmark_smoke.measure(tmp_path, fresh_cache=False, experiment=experiment)
     for number, stage in enumerate(STAGES, start=1):
-        assert f"[{number}/5] {stage} ... done in" in result["stdout"]
+        assert f"[{number}/5] {stage} done in" in result["stdout"]
+    # Progress from inside the stages' kernels, the ledger, the run folder and how to see it in MLflow.
+    for shown in ("[2/5] train · training: 0/", "[3/5] merge · checking the merged model's logits",
+                  "[4/5] quantize · writing GGUF files: ", "[5/5] evaluate · adapter on embedded, generating: ",
+                  "quality ledger, pass@1:\n", "\nadapter ", "run folder ", " ui --backend-store-uri sqlite:///"):
+        assert shown in result["stdout"], shown
+    assert not result["stderr"].strip(), result["stderr"]  # nothing on the terminal that asks nothing of the user
     # Time goes to reports/smoke.md, not into an assertion; every quality relation must hold.
     unmet = [(goal, measured) for goal, measured, met in benchmark_smoke.quality_goals(result) if not met]
     assert not unmet, f"{unmet}\n{result['ledger']}"
