@@ -35,13 +35,20 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from kit.evaluate import quality_ledger
-    from kit.runner import run_pipeline
+    from kit.runner import RunFolderInUse, run_pipeline
     from kit.stage import read_manifest
 
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
         print(f"warning: {warning}", file=sys.stderr)
-    result = run_pipeline(args.params, args.stages, args.set)
+    try:
+        result = run_pipeline(args.params, args.stages, args.set)
+    except RunFolderInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.interrupted_stage:
+        print(_interrupted(args, result), file=sys.stderr)
+        return 130  # as a shell reports a process ended by SIGINT
     if result.failed_stage:
         return 1
     timings = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result.stage_seconds.items())
@@ -52,6 +59,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nquality ledger, pass@1:\n{ledger}\n")
     print(f"run folder {result.run_dir}\n{_mlflow_ui_command(params)}")
     return 0
+
+
+def _interrupted(args: argparse.Namespace, result) -> str:
+    """What Ctrl-C stopped, what it kept and the command that goes on from there."""
+    finished = list(result.stage_seconds)
+    checkpoints = result.run_dir / "train" / "checkpoints"
+    saved = sorted(checkpoints.glob("checkpoint-*")) if result.interrupted_stage == "train" else []
+    again = [f"kit run {args.params}", *([f"--stages {','.join(args.stages)}"] if args.stages else [])]
+    again += [f"--set {item!r}" for item in args.set or []] + [f"--set mlflow_run_name={result.run_dir.name}"]
+    kept = f"kept: {', '.join(finished)} in {result.run_dir}" if finished else f"run folder {result.run_dir}"
+    if saved:
+        kept += f", and {len(saved)} checkpoint(s) under {checkpoints}"
+        again.append("--set resume_from_checkpoint=auto")
+    return f"interrupted during {result.interrupted_stage} (runs marked KILLED); {kept}. To go on: {' '.join(again)}"
 
 
 def _mlflow_ui_command(params) -> str:

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from kit.params import GGUF_TYPES, GGUF_VARIANT_PREFIX
 from kit.stage import STAGES
+from kit.tracking import abandoned
 
 PIPELINE_FILTER = "tags.`kit.kind` = 'pipeline'"
 STAGE_FILTER = "tags.`kit.kind` = 'stage'"
@@ -153,6 +154,10 @@ def _differing(table: pd.DataFrame) -> pd.DataFrame:
 
 def load_comparison(tracking_uri: str, experiment: str | None = None, run_ids: list[str] | None = None) -> Comparison:
     """The pipeline runs of ``experiment`` (or the runs named) with their stage runs, as tables."""
+    # MLflow creates a SQLite store it is pointed at: a mistyped path would leave a new empty one.
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise CompareError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')} (--tracking-uri); "
+                           "`kit run` creates it, in .tunebook/mlflow.db by default")
     client = MlflowClient(tracking_uri)
     experiment, experiment_id, parents = _pipeline_runs(client, experiment, list(dict.fromkeys(run_ids or [])))
     labels = dict(zip((run.info.run_id for run in parents), _labels(parents), strict=True))
@@ -173,7 +178,8 @@ def load_comparison(tracking_uri: str, experiment: str | None = None, run_ids: l
             {
                 "run": labels[run.info.run_id],
                 "run id": run.info.run_id,
-                "status": run.info.status,
+                # A run its killed process left RUNNING says so, not that it still runs.
+                "status": "KILLED (process gone)" if abandoned(run) else run.info.status,
                 "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
                 "git commit": run.data.tags.get("kit.git_commit", ""),
                 "rerun of": run.data.tags.get("kit.rerun_of", ""),

@@ -17,13 +17,13 @@ import os
 import random
 import shutil
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
 from kit.embedded_tasks import instruction_rows, style_functions
 from kit.params import Params
 from kit.progress import announce, show_training_progress
+from kit.staging import staging_folder
 
 BUILDER_VERSION = 3
 # Pretraining rows: tokens per row and rows per step.
@@ -84,7 +84,7 @@ def build_base_model(params: Params, cache: Path | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a killed build never leaves a half model in the cache.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    staging = staging_folder(target.parent, ".build-")
     try:
         started = time.perf_counter()
         announce("building the embedded base model, once, into the cache (a few minutes)")

@@ -26,6 +26,7 @@ from kit.models import (
 from kit.params import Params, hub_unavailable_reason
 from kit.progress import announce
 from kit.stage import write_manifest
+from kit.staging import written_aside
 from kit.tracking import log_metrics
 
 # Code outside the embedded training tasks, with non-ASCII text, for checking merge and quantize.
@@ -80,9 +81,10 @@ def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> 
 
     model_dir = (out_dir / "model").resolve()
     announce(f"saving {model_dir}")
-    model.save_pretrained(model_dir)  # safetensors, config and generation_config.json
     tokenizer.chat_template = trained_chat_template(params, tokenizer)
-    save_tokenizer(tokenizer, tokenizer_dir, model_dir)
+    with written_aside(model_dir) as partial:  # a crash never leaves a folder that looks like a model
+        model.save_pretrained(partial)  # safetensors, config and generation_config.json
+        save_tokenizer(tokenizer, tokenizer_dir, partial)
     hub = push_to_hub(params, model_dir)
     return write_manifest(
         out_dir,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -70,8 +70,27 @@ class ParamsError(Exception):
     """A params file that cannot be used; the message names the key and the file."""
 
 
+def _is_number(annotation: Any) -> bool:
+    """int, float, or an optional or union of them (a Literal of strings is not)."""
+    if annotation in (int, float):
+        return True
+    return bool(get_args(annotation)) and get_origin(annotation) is not Literal and any(
+        _is_number(member) for member in get_args(annotation))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, values: Any) -> Any:
+        # Lax validation reads YAML's true as 1: for a count or a rate that is a slip, not a value.
+        if isinstance(values, dict):
+            for key, value in values.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+                    raise ValueError(f"key `{key}`: {str(value).lower()} is a boolean; give a number")
+        return values
 
 
 class UserFormat(_Strict):
@@ -125,7 +144,8 @@ class Params(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     dataset_prepared_path: str | None = None
     val_set_size: float = Field(0.0, ge=0)
-    output_dir: str = "./out"
+    # Under .tunebook/, which git ignores (Axolotl's ./out would sit in the work tree).
+    output_dir: str = ".tunebook/runs"
     sequence_len: int = Field(2048, ge=16)
     sample_packing: bool = False
     train_on_inputs: bool = False
@@ -301,6 +321,14 @@ class Params(_Strict):
     def _yaml_off(cls, value: Any) -> Any:
         # YAML reads a bare `off` as false.
         return "off" if value is False else value
+
+    @field_validator("mlflow_run_name")
+    @classmethod
+    def _run_name_is_a_folder_name(cls, value: str | None) -> str | None:
+        # The run folder is output_dir/<run name>: a path here would put it anywhere.
+        if value is not None and (not value or value in (".", "..") or "/" in value or "\\" in value):
+            raise ValueError(f"{value!r} is not a folder name; the run folder is output_dir/<mlflow_run_name>")
+        return value
 
     @field_validator("save_strategy", mode="before")
     @classmethod
@@ -547,6 +575,14 @@ def load_params(path: str | Path, overrides: list[str] | dict[str, Any] | None =
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: no such params file") from exc
+    except IsADirectoryError as exc:
+        raise ParamsError(f"{path}: a folder, not a params file; name its YAML file (params/smoke.yaml)") from exc
+    except PermissionError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        byte = exc.object[exc.start]
+        raise ParamsError(f"{path}: line {line}: not UTF-8 text (byte {byte:#04x}); save the file as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
     if not isinstance(raw, dict):

@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from kit.progress import announce
 from kit.samples import collect_samples
 from kit.sources import load_source
 from kit.stage import write_manifest
+from kit.staging import staging_folder
 from kit.tracking import log_metrics
 
 
@@ -36,7 +36,7 @@ PREPARATION_KEYS = (
     "eval_mbpp_path", "special_tokens", "tokens", "embedded_num_samples",
 )
 # Bumped whenever preparation changes what it writes for the same inputs.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 SUMMARY = "prepared.json"
 
 
@@ -139,9 +139,23 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
     }
     datasets = [{"path": spec.path, **counts} for spec, counts in zip(params.datasets, collected.counts)]
     summary = {"metrics": metrics, "datasets": datasets, "contamination": contamination,
-               "sample_lengths": sample_lengths}
+               "sample_lengths": sample_lengths, "checksums": _checksums(folder / "dataset")}
     (folder / SUMMARY).write_text(json.dumps(summary))
     return summary
+
+
+def _checksums(dataset_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a saved dataset, by its path inside it."""
+    return {str(path.relative_to(dataset_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(dataset_dir.rglob("*")) if path.is_file()}
+
+
+def _damaged(folder: Path) -> str | None:
+    """What differs in a cache entry from what was written (a file changed, missing or added), if anything."""
+    written = json.loads((folder / SUMMARY).read_text()).get("checksums", {})
+    found = _checksums(folder / "dataset")
+    changed = sorted(set(written) ^ set(found)) or [name for name in written if written[name] != found[name]]
+    return changed[0] if changed else None
 
 
 # What the prepare notebook shows first (kit.stage.metrics_table).
@@ -164,12 +178,17 @@ def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) ->
         key = cache_key(params, tokenizer_dir)
         folder = (Path(params.dataset_prepared_path) / key).resolve()
         cache_hit = (folder / SUMMARY).exists()
+        damaged = _damaged(folder) if cache_hit else None
+        if damaged:
+            print(f"prepared data in {folder} is damaged ({damaged} is not as written); building it again")
+            shutil.rmtree(folder)
+            cache_hit = False
         if cache_hit:
             print(f"prepared data loaded from {folder} (same data, tokenizer and params)")
         else:
             # Built aside and renamed into place: an interrupted prepare never leaves a cache entry.
             folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-"))
+            staging = staging_folder(folder.parent, f".{key}-")
             try:
                 _build(params, tokenizer, staging)
                 staging.rename(folder)

@@ -24,6 +24,7 @@ from kit.models import inference_device, load_causal_lm, load_tokenizer
 from kit.params import Params
 from kit.progress import Progress
 from kit.stage import write_manifest
+from kit.staging import written_aside
 from kit.tracking import log_metrics
 
 SOURCE_TYPE = "f16"
@@ -45,12 +46,15 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
         for done, gguf_type in enumerate(gguf_types):
             target = out_dir / f"model-{gguf_type}.gguf"
             started = time.perf_counter()
-            if gguf_type in OUT_TYPES:  # written straight from the weights
-                progress.update(done, now=f"converting to {gguf_type}")
-                gguf_paths[gguf_type] = export_gguf(model_dir, target, gguf_type)
-            else:
-                progress.update(done, now=f"quantizing to {gguf_type}")
-                gguf_paths[gguf_type] = quantize_gguf(gguf_paths[SOURCE_TYPE], target, gguf_type)
+            # Written aside and renamed when complete: a crash never leaves a file that looks finished.
+            with written_aside(target) as partial:
+                if gguf_type in OUT_TYPES:  # written straight from the weights
+                    progress.update(done, now=f"converting to {gguf_type}")
+                    export_gguf(model_dir, partial, gguf_type)
+                else:
+                    progress.update(done, now=f"quantizing to {gguf_type}")
+                    quantize_gguf(gguf_paths[SOURCE_TYPE], partial, gguf_type)
+            gguf_paths[gguf_type] = target
             seconds[gguf_type] = time.perf_counter() - started
         progress.update(len(gguf_types), now="all written")
 

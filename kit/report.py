@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from kit.compare import PASS_AT_K_METRIC, Comparison, variant_order
+from kit.staging import written_aside
 
 COMPARE_TAGS = {"kit.kind": "compare", "kit.compare": "true"}
 STYLE = """
@@ -169,8 +170,10 @@ def write_report(comparison: Comparison, out_dir: Path | None = None) -> ReportF
     out_dir = Path(out_dir or default_report_dir(comparison.experiment))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(html=out_dir / "report.html", summary=out_dir / "summary.md")
-    files.html.write_text(render_html(comparison), encoding="utf-8")
-    files.summary.write_text(render_summary(comparison), encoding="utf-8")
+    # Each written aside and renamed once complete: a failed render keeps the previous report whole.
+    for path, text in ((files.html, render_html(comparison)), (files.summary, render_summary(comparison))):
+        with written_aside(path) as partial:
+            partial.write_text(text, encoding="utf-8")
     return files
 
 

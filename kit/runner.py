@@ -6,6 +6,8 @@ merge and quantize have made the artifacts it scores.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import sys
@@ -27,7 +29,34 @@ class PipelineResult:
     parent_run_id: str
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failed_stage: str | None = None
+    interrupted_stage: str | None = None
     error: str = ""
+
+
+LOCK_FILE = ".kit-run.lock"
+
+
+class RunFolderInUse(Exception):
+    """Another process runs the pipeline into the same run folder."""
+
+
+@contextlib.contextmanager
+def owned(run_dir: Path):
+    """Hold ``run_dir`` for this process while the pipeline writes into it. The kernel's lock goes
+    with the process, so a killed run never leaves the folder locked."""
+    with (run_dir / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RunFolderInUse(
+                f"run folder {run_dir} is in use by another kit run ({lock.read().strip() or 'a process'}); "
+                "wait for it, or give this run another mlflow_run_name"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        lock.flush()
+        yield
 
 
 def parse_stages(stages: str | None) -> list[str]:
@@ -45,9 +74,11 @@ def _error_summary(error: Exception) -> str:
     """The failing cell's error as the notebook showed it, without papermill's wrapping."""
     ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
     traceback = getattr(error, "traceback", None) or []
-    # Kernel tracebacks carry ANSI colour codes; the last frames are the useful part.
+    # Kernel tracebacks carry ANSI colour codes; the last frames are the useful part, and the last
+    # line of the traceback is often the error line itself.
+    final = f"{ename}: {evalue}"
     tail = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in traceback[-3:]]
-    return "\n".join([*tail, f"{ename}: {evalue}"])
+    return "\n".join([*(line for line in tail if line.strip() != final), final])
 
 
 def run_pipeline(
@@ -71,59 +102,71 @@ def run_pipeline(
     run_name = params.mlflow_run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = (Path(params.output_dir) / run_name).resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    parent_run_id = tracking.start_parent_run(params, overrides, tags)
-    result = PipelineResult(run_dir=run_dir, parent_run_id=parent_run_id)
-    echo(f"run folder {run_dir}")
-    echo(f"mlflow {params.tracking_uri} experiment {params.experiment_name!r} run {parent_run_id}")
+    with owned(run_dir):  # one process writes a run folder at a time
+        closed = tracking.close_abandoned_runs(params)
+        if closed:
+            echo(f"marked KILLED {len(closed)} run(s) that a process now gone left RUNNING: {', '.join(closed)}")
+        parent_run_id = tracking.start_parent_run(params, overrides, tags)
+        result = PipelineResult(run_dir=run_dir, parent_run_id=parent_run_id)
+        echo(f"run folder {run_dir}")
+        echo(f"mlflow {params.tracking_uri} experiment {params.experiment_name!r} run {parent_run_id}")
 
-    started = time.perf_counter()
-    for number, stage in enumerate(stages, start=1):
-        stage_run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
-        executed = run_dir / "notebooks" / NOTEBOOKS[stage]
-        step = f"[{number}/{len(stages)}] {stage}"
-        echo(f"{step} ...", flush=True)
-        stage_started = time.perf_counter()
-        failure = None
-        try:
-            # The kernel's output stays in the executed notebook; its progress reaches this terminal.
-            with ProgressFollower(run_dir / "progress" / f"{stage}.jsonl", f"{step} ·"):
-                papermill.execute_notebook(
-                    str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
-                    str(executed),
-                    parameters={
-                        "params_file": str(params_file),
-                        "overrides": overrides,
-                        "run_dir": str(run_dir),
-                        "parent_run_id": parent_run_id,
-                        "mlflow_run_id": stage_run_id,
-                    },
-                    kernel_name="python3",
-                    progress_bar=False,
-                    cwd=os.getcwd(),
-                    config=Config({
-                        # Kernels talk over local IPC sockets: no TCP ports opened for plain-text traffic.
-                        "KernelManager": {"transport": "ipc"},
-                        # A kernel writes its own log to this terminal; jupyter_client interrupts every
-                        # kernel it shuts down, which that log reports as an ERROR. A stage's errors
-                        # reach the notebook and this runner either way.
-                        "NotebookClient": {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]},
-                    }),
-                )
-        except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
-            failure = error
-        seconds = time.perf_counter() - stage_started
-        result.stage_seconds[stage] = seconds
-        tracking.end_run(params, stage_run_id, failed=failure is not None, notebook=executed)
-        if failure is not None:
-            echo(f"{step} FAILED after {seconds:.1f} s")
-            result.failed_stage, result.error = stage, _error_summary(failure)
-            echo(f"stage {stage} failed; executed notebook: {executed}\n{result.error}", file=sys.stderr)
-            break
-        echo(f"{step} done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
+        started = time.perf_counter()
+        for number, stage in enumerate(stages, start=1):
+            stage_run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
+            executed = run_dir / "notebooks" / NOTEBOOKS[stage]
+            step = f"[{number}/{len(stages)}] {stage}"
+            echo(f"{step} ...", flush=True)
+            stage_started = time.perf_counter()
+            failure = None
+            try:
+                # The kernel's output stays in the executed notebook; its progress reaches this terminal.
+                with ProgressFollower(run_dir / "progress" / f"{stage}.jsonl", f"{step} ·"):
+                    papermill.execute_notebook(
+                        str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
+                        str(executed),
+                        parameters={
+                            "params_file": str(params_file),
+                            "overrides": overrides,
+                            "run_dir": str(run_dir),
+                            "parent_run_id": parent_run_id,
+                            "mlflow_run_id": stage_run_id,
+                        },
+                        kernel_name="python3",
+                        progress_bar=False,
+                        cwd=os.getcwd(),
+                        config=Config({
+                            # Kernels talk over local IPC sockets: no TCP ports opened for plain-text traffic.
+                            "KernelManager": {"transport": "ipc"},
+                            # A kernel writes its own log to this terminal; jupyter_client interrupts every
+                            # kernel it shuts down, which that log reports as an ERROR. A stage's errors
+                            # reach the notebook and this runner either way.
+                            "NotebookClient": {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]},
+                        }),
+                    )
+            except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
+                failure = error
+            except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; close the runs it leaves
+                echo("")
+                tracking.end_run(params, stage_run_id, "KILLED", notebook=executed)
+                result.interrupted_stage = stage
+                break
+            seconds = time.perf_counter() - stage_started
+            result.stage_seconds[stage] = seconds
+            tracking.end_run(params, stage_run_id, "FAILED" if failure else "FINISHED", notebook=executed)
+            if failure is not None:
+                echo(f"{step} FAILED after {seconds:.1f} s")
+                result.failed_stage, result.error = stage, _error_summary(failure)
+                # One line for the error; its frames are in the executed notebook (and in result.error).
+                echo(f"stage {stage} failed: {result.error.splitlines()[-1]}\nthe executed notebook, with the "
+                     f"traceback: {executed}", file=sys.stderr)
+                break
+            echo(f"{step} done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
 
-    client = tracking.configure(params)
-    for stage, seconds in result.stage_seconds.items():
-        client.log_metric(parent_run_id, f"pipeline/{stage}_seconds", seconds)
-    client.log_metric(parent_run_id, "pipeline/seconds", time.perf_counter() - started)
-    client.set_terminated(parent_run_id, "FAILED" if result.failed_stage else "FINISHED")
-    return result
+        client = tracking.configure(params)
+        for stage, seconds in result.stage_seconds.items():
+            client.log_metric(parent_run_id, f"pipeline/{stage}_seconds", seconds)
+        client.log_metric(parent_run_id, "pipeline/seconds", time.perf_counter() - started)
+        status = "KILLED" if result.interrupted_stage else "FAILED" if result.failed_stage else "FINISHED"
+        client.set_terminated(parent_run_id, status)
+        return result

@@ -10,6 +10,8 @@ from kit.sources import BadData, iter_rows
 
 # Per dataset: loaded == bad_rows + empty + duplicates + too_long + kept; truncated ones are kept.
 COUNT_KEYS = ("loaded", "bad_rows", "empty", "duplicates", "too_long", "truncated", "kept")
+# A text this many characters per allowed token long is first tokenized in part (_surely_too_long).
+CHARS_CHECKED_PER_TOKEN = 16
 
 
 @dataclass
@@ -58,6 +60,9 @@ def collect_samples(params: Params, tokenizer) -> SampleSet:
                 counts["duplicates"] += 1
                 continue
             seen.add(text)
+            if params.excess_length_strategy == "drop" and _surely_too_long(text, tokenizer, params.sequence_len):
+                counts["too_long"] += 1
+                continue
             sample = tokenize(segments, tokenizer, params.train_on_inputs)
             if len(sample["input_ids"]) > params.sequence_len:
                 if params.excess_length_strategy == "truncate":
@@ -71,3 +76,13 @@ def collect_samples(params: Params, tokenizer) -> SampleSet:
             collected.samples.append(sample)
             collected.texts.append(text)
     return collected
+
+
+def _surely_too_long(text: str, tokenizer, sequence_len: int) -> bool:
+    """Whether a long text's beginning alone is over ``sequence_len`` tokens: a 10 MB row is dropped
+    after tokenizing a few kB of it, not after gigabytes of offsets for all of it. The beginning's
+    tokens are at most one more than the same span's in the whole text (only the cut can split a token)."""
+    checked = sequence_len * CHARS_CHECKED_PER_TOKEN
+    if len(text) <= checked:
+        return False
+    return len(tokenizer(text[:checked], add_special_tokens=False)["input_ids"]) > sequence_len + 1

@@ -134,7 +134,14 @@ def load_problems(benchmark: str, mbpp_path: str | None = None) -> dict[str, Pro
     if benchmark == "humaneval":
         problems = humaneval_problems()
     elif benchmark == "mbpp":
-        problems = mbpp_problems(mbpp_path)
+        try:
+            problems = mbpp_problems(mbpp_path)
+        except FileNotFoundError:
+            raise SamplesError(f"--mbpp-path: no file {mbpp_path} (a jsonl file, or leave it out for the MBPP "
+                               "kit ships)") from None
+        except Exception as error:  # the Hub's errors vary (offline, no such dataset, another layout)
+            raise SamplesError(f"--mbpp-path {mbpp_path}: neither a file here nor an MBPP dataset on the Hub "
+                               f"({type(error).__name__}); leave it out for the MBPP kit ships") from None
     elif benchmark == "embedded":
         problems = embedded_problems()
     else:
@@ -147,15 +154,20 @@ def read_samples(path: Path, problems: dict[str, Problem], benchmark: str) -> li
     if not path.is_file():
         raise SamplesError(f"{path}: no such file")
     samples = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                found = f"byte {error.start + 1}: not UTF-8 ({raw[error.start]:#04x})"
+                raise SamplesError(f"{where}, {found}; write the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as error:
-                raise SamplesError(f"{where}: not JSON ({error})") from None
+                raise SamplesError(f"{where}, column {error.colno}: not JSON ({error.msg})") from None
             if not isinstance(sample, dict):
                 raise SamplesError(f"{where}: expected an object with task_id and completion")
             if "task_id" not in sample:

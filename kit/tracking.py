@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from kit.params import Params
+from kit.processes import owner_gone, this_process
 
 # MLflow's INFO lines (creating the store's tables, an experiment) ask nothing of the user; its
 # warnings still show. Set after the import: importing mlflow configures its logger at INFO.
@@ -81,6 +83,28 @@ def record_provenance(client: MlflowClient, run_id: str, params: Params, overrid
         client.log_artifact(run_id, str(params.source), "params")
 
 
+# Who opened a run (host:pid): a run still RUNNING whose owner is gone was killed (kit.processes).
+OWNER_TAG = "kit.owner"
+
+
+def abandoned(run) -> bool:
+    """A run left RUNNING by a process of this machine that has ended (killed, or the machine restarted)."""
+    return run.info.status == "RUNNING" and owner_gone(run.data.tags.get(OWNER_TAG))
+
+
+def close_abandoned_runs(params: Params) -> list[str]:
+    """Mark KILLED the runs of the params' experiment that processes now gone left RUNNING; their ids."""
+    client = configure(params)
+    experiment = client.get_experiment_by_name(params.experiment_name)
+    if experiment is None:
+        return []
+    running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    closed = [run.info.run_id for run in running if abandoned(run)]
+    for run_id in closed:
+        client.set_terminated(run_id, "KILLED")
+    return closed
+
+
 def start_parent_run(params: Params, overrides: list[str], tags: dict[str, str] | None = None) -> str:
     """The pipeline run, with ``tags`` from the start, so a run that dies midway still carries them."""
     client = configure(params)
@@ -88,7 +112,7 @@ def start_parent_run(params: Params, overrides: list[str], tags: dict[str, str] 
     run = client.create_run(
         experiment.experiment_id,
         run_name=params.mlflow_run_name,
-        tags={**(tags or {}), "kit.kind": "pipeline"},
+        tags={**(tags or {}), "kit.kind": "pipeline", OWNER_TAG: this_process()},
     )
     record_provenance(client, run.info.run_id, params, overrides)
     return run.info.run_id
@@ -97,7 +121,7 @@ def start_parent_run(params: Params, overrides: list[str], tags: dict[str, str] 
 def start_stage_run(params: Params, stage: str, parent_run_id: str | None, overrides: list[str]) -> str:
     client = configure(params)
     experiment = client.get_experiment_by_name(params.experiment_name)
-    tags = {"kit.stage": stage, "kit.kind": "stage"}
+    tags = {"kit.stage": stage, "kit.kind": "stage", OWNER_TAG: this_process()}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment.experiment_id, run_name=stage, tags=tags)
@@ -105,11 +129,22 @@ def start_stage_run(params: Params, stage: str, parent_run_id: str | None, overr
     return run.info.run_id
 
 
-def end_run(params: Params, run_id: str, failed: bool, notebook: Path | None = None) -> None:
+def end_run(params: Params, run_id: str, status: str, notebook: Path | None = None) -> None:
+    """Close a run as FINISHED, FAILED or KILLED (interrupted), with its executed notebook."""
     client = configure(params)
-    if notebook is not None and notebook.exists():
+    if notebook is not None and _complete_json(notebook):
         client.log_artifact(run_id, str(notebook), "notebook")
-    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    client.set_terminated(run_id, status)
+
+
+def _complete_json(path: Path) -> bool:
+    """False for a file that is missing or cut short (a full disk while papermill wrote it): such a
+    notebook is not logged as the stage's record."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

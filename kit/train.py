@@ -257,6 +257,11 @@ def run_train(
     resumed_from = resume_checkpoint(params, checkpoints)
 
     has_validation = "validation" in splits
+    rows = len(splits["train"])
+    if params.micro_batch_size > rows:
+        print(f"warning: micro_batch_size {params.micro_batch_size} is more than the {rows} training rows: each "
+              f"step takes all {rows} at once, in memory together; lower micro_batch_size to {rows} or less",
+              file=sys.stderr)
     choices = hardware_choices(params)
     arguments = TrainingArguments(
         output_dir=str(checkpoints),

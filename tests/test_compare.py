@@ -249,6 +249,13 @@ def test_cli_errors_exit_2_with_the_reason(store, capsys, arguments, message):
         assert "sweep" in error  # the experiments there are
 
 
+def test_a_mistyped_store_is_refused_and_never_created(tmp_path, capsys):
+    typo = tmp_path / "mlfow.db"
+    assert main(["compare", "--tracking-uri", f"sqlite:///{typo}", "--experiment", "smoke"]) == 2
+    assert f"no MLflow store at {typo} (--tracking-uri)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_refuses_a_stage_run_in_place_of_a_pipeline_run(store, capsys):
     uri, client, experiment_id, _ = store
     stage_run = client.search_runs([experiment_id], "tags.`kit.stage` = 'train'")[0].info.run_id

@@ -34,7 +34,7 @@ def test_shipped_params_files_validate(path):
 
 @pytest.mark.parametrize("path", BAD, ids=lambda path: path.stem)
 def test_malformed_params_exit_2_naming_the_key_without_traceback(path, tmp_path):
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     expected = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
     # The real console entry point, in a folder of its own: a refused file must write nothing.
     process = subprocess.run(
@@ -46,6 +46,18 @@ def test_malformed_params_exit_2_naming_the_key_without_traceback(path, tmp_path
         assert fragment in process.stderr
     assert process.stderr.count("\n") <= 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_given_as_params_exits_2_saying_so(tmp_path):
+    process = subprocess.run([sys.executable, "-m", "kit.cli", "validate", str(ROOT / "params")],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "a folder, not a params file; name its YAML file" in process.stderr
+
+
+def test_no_output_dir_means_a_folder_git_ignores():
+    assert load_params(SMOKE, ["output_dir=null"]).output_dir == ".tunebook/runs"
+    assert ".tunebook/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_run_refuses_a_bad_file_before_starting_anything(tmp_path, capsys):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
+import socket
 import subprocess
 import sys
 
@@ -102,12 +105,108 @@ def test_a_failing_stage_stops_the_pipeline_and_is_left_failed(tmp_path):
                    "--set", "datasets=[{path: /nonexistent/data.jsonl, type: alpaca}]",
                    "--set", f"mlflow_experiment_name={experiment}", cwd=tmp_path)
     assert process.returncode == 1
-    assert "stage prepare failed" in process.stderr and "nonexistent" in process.stderr
+    # One line for the error, once, and where its traceback is.
+    error = "stage prepare failed: ValueError: datasets: /nonexistent/data.jsonl: no such file"
+    assert process.stderr.splitlines()[0] == error
+    assert len(process.stderr.splitlines()) == 2 and "01_prepare.ipynb" in process.stderr
     _, runs = _runs(experiment)
     statuses = {run.data.tags.get("kit.stage", "pipeline"): run.info.status for run in runs}
     assert statuses == {"pipeline": "FAILED", "prepare": "FAILED"}
 
 
+def _run_on_a_terminal_until(command: list[str], cwd, shown: bytes) -> tuple[int, str]:
+    """Run ``command`` on a pseudo-terminal, press Ctrl-C there once ``shown`` appeared: the exit code
+    and everything the terminal showed."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the command, with this terminal as its controlling one
+        os.chdir(cwd)
+        os.execv(command[0], command)
+    output, pressed = b"", False
+    while True:
+        if select.select([terminal], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not pressed and shown in output:
+            os.write(terminal, b"\x03")  # the terminal turns it into SIGINT for its foreground processes
+            pressed = True
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_ctrl_c_during_training_ends_in_one_line_with_exit_130_and_its_runs_killed(tmp_path):
+    experiment = "interrupt-test"
+    command = [sys.executable, "-m", "kit.cli", "run", str(SMOKE), "--stages", "prepare,train",
+               "--set", f"output_dir={tmp_path}", "--set", f"dataset_prepared_path={tmp_path / 'prepared'}",
+               "--set", "save_strategy=steps", "--set", "save_steps=2", "--set", "max_steps=400",
+               "--set", "eval_steps=null", "--set", f"mlflow_experiment_name={experiment}"]
+    code, shown = _run_on_a_terminal_until(command, tmp_path, b"training: 4/400 steps")
+    assert code == 130, shown[-2000:]
+    assert "Traceback" not in shown and "KeyboardInterrupt" not in shown
+    [message] = [line for line in shown.splitlines() if "interrupted during" in line]
+    assert message.startswith("interrupted during train (runs marked KILLED); kept: prepare in ")
+    assert "checkpoint(s) under" in message and message.endswith("--set resume_from_checkpoint=auto")
+    _, runs = _runs(experiment)
+    statuses = {run.data.tags.get("kit.stage", "pipeline"): run.info.status for run in runs}
+    assert statuses == {"pipeline": "KILLED", "prepare": "FINISHED", "train": "KILLED"}
+
+
+def test_a_run_folder_another_run_holds_is_refused_before_anything_starts(tmp_path, capsys):
+    from kit.cli import main
+    from kit.runner import owned
+
+    experiment = "locked-test"
+    held = tmp_path / "shared"
+    held.mkdir()
+    with owned(held):
+        code = main(["run", str(SMOKE), "--stages", "prepare", "--set", f"output_dir={tmp_path}",
+                     "--set", "mlflow_run_name=shared", "--set", f"mlflow_experiment_name={experiment}"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"error: run folder {held} is in use by another kit run (process {os.getpid()}, since " in error
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name(experiment) is None
+
+
 def test_unknown_stage_is_refused():
     process = _kit("run", str(SMOKE), "--stages", "prepare,trian", cwd=None)
     assert process.returncode == 2 and "trian" in process.stderr
+
+
+def test_runs_a_killed_process_left_running_are_shown_so_and_closed_by_the_next_run(tmp_path, capsys):
+    from kit.cli import main
+    from kit.compare import load_comparison
+    from kit.tracking import OWNER_TAG
+
+    experiment = "abandoned-test"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment_id = client.create_experiment(experiment)
+    # As a SIGKILLed `kit run` leaves its parent run: RUNNING, owned by a process that is gone.
+    left = client.create_run(experiment_id, tags={"kit.kind": "pipeline",
+                                                  OWNER_TAG: f"{socket.gethostname()}:{gone.stdout.strip()}"})
+    runs = load_comparison(os.environ["MLFLOW_TRACKING_URI"], experiment).runs
+    assert list(runs["status"]) == ["KILLED (process gone)"]
+
+    assert main(["run", str(SMOKE), "--stages", "prepare", "--set", f"output_dir={tmp_path}",
+                 "--set", f"dataset_prepared_path={tmp_path / 'prepared'}",
+                 "--set", f"mlflow_experiment_name={experiment}"]) == 0
+    assert f"marked KILLED 1 run(s) that a process now gone left RUNNING: {left.info.run_id}" in capsys.readouterr().out
+    assert client.get_run(left.info.run_id).info.status == "KILLED"
+
+
+def test_an_executed_notebook_cut_short_is_not_logged_as_the_stages_record(tmp_path):
+    from kit import tracking
+
+    params = load_params(SMOKE, ["mlflow_experiment_name=cut-notebook-test"])
+    run_id = tracking.start_stage_run(params, "quantize", None, [])
+    notebook = tmp_path / "05_quantize.ipynb"
+    notebook.write_text('{"cells": [{"cell_type": "code", "sou')  # a full disk stopped papermill mid-write
+    tracking.end_run(params, run_id, "FAILED", notebook=notebook)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert client.list_artifacts(run_id, "notebook") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,21 @@ def test_an_interrupted_prepare_leaves_no_cache_entry(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.undo()
     assert run_prepare(params, None, tmp_path / "b")["metrics"]["prepare/cache_hit"] == 0.0
+
+
+def test_a_damaged_cache_entry_is_built_again_saying_so(tmp_path, capsys):
+    data = _alpaca_file(tmp_path / "data.jsonl", 20)
+    params = load_params(SMOKE, [f"dataset_prepared_path={tmp_path / 'cache'}",
+                                 f"datasets=[{{path: {data}, type: alpaca}}]", "dataset_decontamination=off"])
+    first = run_prepare(params, None, tmp_path / "a")
+    [arrow] = Path(first["outputs"]["dataset_dir"]).glob("train/*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])  # cut in half after it was written
+    capsys.readouterr()
+
+    again = run_prepare(params, None, tmp_path / "b")
+    assert again["metrics"]["prepare/cache_hit"] == 0.0
+    folder = Path(first["outputs"]["dataset_dir"]).parent
+    assert f"prepared data in {folder} is damaged (train/{arrow.name} is not as written); building it again" in (
+        capsys.readouterr().out)
+    rows = load_from_disk(again["outputs"]["dataset_dir"])["train"].num_rows
+    assert rows == first["metrics"]["prepare/num_packed_rows"]

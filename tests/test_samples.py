@@ -56,6 +56,19 @@ def test_empty_duplicate_and_too_long_rows_are_dropped_and_counted(tmp_path, tok
     assert collected.texts == ["".join(text for text, _ in segments) for segments in kept]
 
 
+def test_a_huge_row_is_dropped_after_tokenizing_only_its_beginning(tmp_path, tokenizer, monkeypatch):
+    import kit.samples
+
+    huge = task(6, "total = total + 1\n" * 600_000)  # about 11 MB of code
+    data = write_jsonl(tmp_path / "data.jsonl", [huge, task(7)])
+    tokenized = []
+    monkeypatch.setattr(kit.samples, "tokenize", lambda segments, *args: tokenized.append(segments) or tokenize(
+        segments, *args))
+    collected = collect_samples(params_for(tmp_path, [{"path": str(data)}], sequence_len=128), tokenizer)
+    assert collected.counts == [counts(loaded=2, too_long=1, kept=1)]
+    assert len(tokenized) == 1  # the small row only: the huge one was never tokenized whole
+
+
 def test_truncate_cuts_a_long_sample_to_sequence_len(tmp_path, tokenizer):
     data = write_jsonl(tmp_path / "data.jsonl", [task(4, LONG_OUTPUT)])
     params = params_for(tmp_path, [{"path": str(data)}], sequence_len=128, excess_length_strategy="truncate")

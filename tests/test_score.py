@@ -162,19 +162,34 @@ def test_pass_at_k_needs_k_samples_of_every_task() -> None:
         ('{"task_id": "HumanEval/1"}', "line 2: no completion"),
         ('{"task_id": "HumanEval/1", "completion": null}', "line 2: no completion"),
         ('{"completion": "    pass"}', "line 2: no task_id"),
-        ('{"task_id": "HumanEval/1", ', "line 2: not JSON"),
+        ('{"task_id": "HumanEval/1", ', "line 2, column 28: not JSON (Expecting property name enclosed in"),
         ('["HumanEval/1", "    pass"]', "line 2: expected an object"),
+        (b'{"task_id": "HumanEval/1", "completion": "caf\xe9"}', "line 2, byte 46: not UTF-8 (0xe9); write the"),
     ],
 )
 def test_bad_samples_stop_with_the_line_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str | bytes, message: str
 ) -> None:
     samples = tmp_path / "samples.jsonl"
-    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    pass"}) + "\n" + line + "\n")
+    good = json.dumps({"task_id": "HumanEval/0", "completion": "    pass"}).encode()
+    samples.write_bytes(good + b"\n" + (line if isinstance(line, bytes) else line.encode()) + b"\n")
     assert main(["score", "--benchmark", "humaneval", "--samples", str(samples)]) == 2
     error = capsys.readouterr().err
     assert f"error: {samples} {message}" in error
     assert not default_out_path(samples).exists()
+
+
+@pytest.mark.parametrize(("mbpp_path", "message"), [
+    ("/nonexistent/mbpp.jsonl", "--mbpp-path: no file /nonexistent/mbpp.jsonl (a jsonl file, or leave it out"),
+    ("someone/no-such-mbpp", "--mbpp-path someone/no-such-mbpp: neither a file here nor an MBPP dataset on the Hub"),
+])
+def test_mbpp_data_that_cannot_be_had_is_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mbpp_path: str, message: str
+) -> None:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": 11, "completion": "pass"}) + "\n")
+    assert main(["score", "--benchmark", "mbpp", "--samples", str(samples), "--mbpp-path", mbpp_path]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
 def test_a_missing_file_and_bad_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -222,6 +222,14 @@ def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     assert resume_checkpoint(params, tmp_path / "checkpoints") == str(complete.resolve())
 
 
+def test_a_micro_batch_beyond_the_training_rows_is_warned_of(folder, prepared, capsys):
+    rows = prepared["metrics"]["prepare/num_packed_rows"]
+    params = smoke(folder, ["micro_batch_size=100000", "max_steps=1", "eval_steps=null"])
+    run_train(params, prepared, folder / "huge-batch")
+    assert (f"warning: micro_batch_size 100000 is more than the {int(rows)} training rows: each step takes all "
+            f"{int(rows)} at once") in capsys.readouterr().err
+
+
 def test_accumulated_micro_batches_train_as_one_batch(folder, prepared):
     """Loss is normalised by the trained tokens of the whole batch, not averaged over micro-batches."""
     shared = ["max_steps=4", "logging_steps=1", "lora_dropout=0", "eval_steps=null", "warmup_steps=0"]
