@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,8 @@ def _interrupted(args: argparse.Namespace, result) -> str:
     checkpoints = result.run_dir / "train" / "checkpoints"
     saved = sorted(checkpoints.glob("checkpoint-*")) if result.interrupted_stage == "train" else []
     again = [f"kit run {args.params}", *([f"--stages {','.join(args.stages)}"] if args.stages else [])]
-    again += [f"--set {item!r}" for item in args.set or []] + [f"--set mlflow_run_name={result.run_dir.name}"]
+    again += [f"--set {shlex.quote(item)}" for item in args.set or []]
+    again.append(f"--set mlflow_run_name={result.run_dir.name}")
     kept = f"kept: {', '.join(finished)} in {result.run_dir}" if finished else f"run folder {result.run_dir}"
     if saved:
         kept += f", and {len(saved)} checkpoint(s) under {checkpoints}"

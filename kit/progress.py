@@ -240,13 +240,16 @@ class ProgressFollower:
             if newest is None:
                 continue
             if self.interactive:
-                line = f"{self.prefix} {describe(newest)} ({_clock(now - started)})"
+                line = self._line(newest, now - started)
                 self.stream.write("\r\x1b[K" + line[: shutil.get_terminal_size().columns - 1])
                 self.stream.flush()
             elif now - printed >= LOG_INTERVAL_SECONDS:
                 self._print(newest, now - started)
                 printed = now
 
+    def _line(self, update: dict[str, Any], seconds: float) -> str:
+        return f"{self.prefix} {describe(update)} ({_clock(seconds)})"
+
     def _print(self, update: dict[str, Any], seconds: float) -> None:
-        self.stream.write(f"{self.prefix} {describe(update)} ({_clock(seconds)})\n")
+        self.stream.write(self._line(update, seconds) + "\n")
         self.stream.flush()
