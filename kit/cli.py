@@ -1,9 +1,11 @@
 """The `kit` command: validate a params file, run the pipeline or train alone, ask the trained model,
-score a file of completions, compare runs, rerun one or sweep a grid of params, check a GPU."""
+score a file of completions, compare runs, rerun one or sweep a grid of params, open the notebooks in
+JupyterLab, check a GPU."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -24,6 +26,13 @@ from kit.score import (
     score_samples,
 )
 
+# The errors a folder that cannot be written gives, and what to do about each.
+UNWRITABLE = {
+    errno.EACCES: "give this user write access there, or point output_dir or dataset_prepared_path elsewhere",
+    errno.EPERM: "give this user write access there, or point output_dir or dataset_prepared_path elsewhere",
+    errno.EROFS: "point output_dir or dataset_prepared_path to a writable folder",
+    errno.ENOSPC: "free some space or point output_dir to a larger disk",
+}
 TRACKING_URI_HELP = "MLflow store (default: MLFLOW_TRACKING_URI, else .tunebook/mlflow.db)"
 
 def _validate(args: argparse.Namespace) -> int:
@@ -193,6 +202,22 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from kit.lab import launch, write_working_copies
+
+    params = load_params(args.params, args.set)
+    for warning in environment_warnings(params):
+        print(f"warning: {warning}", file=sys.stderr)
+    folder, differing = write_working_copies(params, Path(args.params).resolve(), args.set)
+    print(f"JupyterLab on working copies of the notebooks in {folder}; the tracked ones in notebooks/ stay "
+          "as committed")
+    if differing:
+        print(f"kept, with cells that differ from the tracked notebooks: {', '.join(differing)} (delete one to "
+              "start it again from notebooks/)")
+    sys.stdout.flush()
+    launch(folder, args.options)
+
+
 def _gpu_check(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -331,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
     sweep.set_defaults(handler=_sweep)
 
+    lab = commands.add_parser(
+        "lab",
+        help="JupyterLab on working copies of the notebooks in OUTPUT_DIR/interactive/notebooks, their parameters "
+        "set to this params file, so the tracked notebooks stay clean (other options go to JupyterLab)",
+    )
+    lab.add_argument("params", help="params YAML file")
+    lab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    lab.set_defaults(handler=_lab)
+
     gpu_check = commands.add_parser(
         "gpu-check",
         help="measure the article's 7B QLoRA step on this machine's GPU, then run the smoke pipeline there "
@@ -344,14 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if args.command == "gpu-check":
-        args.options = unknown  # the check's own options, parsed by it
+    if args.command in ("gpu-check", "lab"):
+        args.options = unknown  # the check's or JupyterLab's own options, parsed by them
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except (ParamsError, WeakIsolationError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            raise
+        # A folder the params name that cannot be written, or a full disk: the path and what to change.
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror}{where}; {UNWRITABLE[error.errno]}", file=sys.stderr)
         return 2
 
 

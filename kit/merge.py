@@ -82,7 +82,8 @@ def run_merge(params: Params, trained: dict[str, Any] | None, out_dir: Path) -> 
     model_dir = (out_dir / "model").resolve()
     announce(f"saving {model_dir}")
     tokenizer.chat_template = trained_chat_template(params, tokenizer)
-    with written_aside(model_dir) as partial:  # a crash never leaves a folder that looks like a model
+    weight_bytes = sum(weights.numel() * weights.element_size() for weights in model.parameters())
+    with written_aside(model_dir, weight_bytes) as partial:  # a crash never leaves a folder that looks like a model
         model.save_pretrained(partial)  # safetensors, config and generation_config.json
         save_tokenizer(tokenizer, tokenizer_dir, partial)
     hub = push_to_hub(params, model_dir)

@@ -34,10 +34,12 @@ class NF4BaseError(RuntimeError):
     """A 4-bit base no longer computes what its quantized weights say."""
 
 
-# Notices that ask nothing of the user. bitsandbytes logs at import, on AVX-512 BF16 CPUs, that the
-# optional ``kernels`` package is missing for its fused kernel, which kit never runs (see above);
-# transformers says in which dtype ``dequantize`` casts, which kit chose (merge_dtype or compute dtype).
+# Notices that ask nothing of the user. bitsandbytes, at import on AVX-512 BF16 CPUs, asks the Hub (through
+# ``kernels``) for a fused kernel kit never runs (see above) and logs that it could not have it; offline,
+# ``kernels`` first logs that it skipped the publisher check. transformers says in which dtype
+# ``dequantize`` casts, which kit chose (merge_dtype or compute dtype).
 drop_notice("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
+drop_notice("kernels._internals.hf_hub", "Skipping publisher trust check")
 drop_notice("transformers.integrations.bitsandbytes", "The modules are dequantized in")
 
 

@@ -15,9 +15,9 @@ from kit.packing import repack_rows
 from kit.params import EMBEDDED_DATASET, DatasetSpec, Params
 from kit.progress import announce
 from kit.samples import collect_samples
-from kit.sources import load_source
+from kit.sources import check_local_paths, load_source
 from kit.stage import write_manifest
-from kit.staging import staging_folder
+from kit.staging import disk_full, filled_the_device, staging_folder
 from kit.tracking import log_metrics
 
 
@@ -170,6 +170,7 @@ SUMMARY_METRICS = {
 
 
 def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) -> dict[str, Any]:
+    check_local_paths(params)
     base_model = resolve_base_model(params)
     tokenizer = load_tokenizer(base_model, params)
     tokenizer_dir = save_tokenizer(tokenizer, base_model, out_dir / "tokenizer").resolve()
@@ -192,8 +193,11 @@ def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) ->
             try:
                 _build(params, tokenizer, staging)
                 staging.rename(folder)
-            except OSError:
-                if not (folder / SUMMARY).exists():  # not just another run finishing the same build first
+            except Exception as error:
+                if not (isinstance(error, OSError) and (folder / SUMMARY).exists()):  # another run finished first
+                    shutil.rmtree(staging, ignore_errors=True)
+                    if filled_the_device(error, folder.parent, None):
+                        raise disk_full(folder) from None
                     raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from kit.gguf_export import OUT_TYPES, export_gguf
@@ -42,12 +44,13 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
     out_dir = out_dir.resolve()
     gguf_paths, seconds = {}, {}
     gguf_types = list(dict.fromkeys([SOURCE_TYPE, *params.gguf_quantizations]))
+    parameters = parameter_count(model_dir)
     with Progress("writing GGUF files", len(gguf_types), unit="files") as progress:
         for done, gguf_type in enumerate(gguf_types):
             target = out_dir / f"model-{gguf_type}.gguf"
             started = time.perf_counter()
             # Written aside and renamed when complete: a crash never leaves a file that looks finished.
-            with written_aside(target) as partial:
+            with written_aside(target, gguf_bytes_at_least(parameters, gguf_type)) as partial:
                 if gguf_type in OUT_TYPES:  # written straight from the weights
                     progress.update(done, now=f"converting to {gguf_type}")
                     export_gguf(model_dir, partial, gguf_type)
@@ -78,6 +81,26 @@ def run_quantize(params: Params, merged: dict[str, Any] | None, out_dir: Path) -
         outputs={"gguf": {gguf_type: str(path) for gguf_type, path in gguf_paths.items()}},
         metrics=metrics,
     )
+
+
+def parameter_count(model_dir: Path) -> int:
+    """The weights in ``model_dir``'s safetensors files, read from their headers."""
+    from safetensors import safe_open
+
+    count = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as tensors:
+            names = tensors.keys()
+            count += sum(int(np.prod(tensors.get_slice(name).get_shape())) for name in names)
+    return count
+
+
+def gguf_bytes_at_least(parameters: int, gguf_type: str) -> int:
+    """A lower bound on the size of a GGUF file of ``parameters`` weights: all of them in the type's main
+    block format (a k-quant mix puts some tensors in larger types, and norms stay f32)."""
+    block_type = re.sub(r"(_K)_[SML]$", r"\1", gguf_type.upper())  # q4_k_m is mostly Q4_K blocks
+    block_weights, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[block_type]]
+    return parameters * block_bytes // block_weights
 
 
 def llama_file_type(gguf_type: str) -> int:

@@ -7,6 +7,7 @@ merge and quantize have made the artifacts it scores.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -19,6 +20,7 @@ from kit import tracking
 from kit.params import load_params
 from kit.progress import ProgressFollower
 from kit.stage import NOTEBOOKS, PROJECT_DIR, STAGES
+from kit.staging import disk_full
 
 NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
 
@@ -57,6 +59,20 @@ def owned(run_dir: Path):
         lock.write(f"process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         lock.flush()
         yield
+
+
+def executed_notebook(run_dir: Path, stage: str, outcome: str = "") -> Path:
+    """Where a stage's executed notebook goes: ``02_train.running.ipynb`` while papermill writes it,
+    ``02_train.ipynb`` once the stage finished, ``02_train.failed.ipynb`` or ``02_train.interrupted.ipynb``
+    otherwise, so a notebook that stopped short never looks like a finished stage's."""
+    name = NOTEBOOKS[stage]
+    return run_dir / "notebooks" / (name.replace(".ipynb", f".{outcome}.ipynb") if outcome else name)
+
+
+def _file_away(running: Path, final: Path) -> Path:
+    if running.exists():
+        os.replace(running, final)
+    return final
 
 
 def parse_stages(stages: str | None) -> list[str]:
@@ -114,7 +130,9 @@ def run_pipeline(
         started = time.perf_counter()
         for number, stage in enumerate(stages, start=1):
             stage_run_id = tracking.start_stage_run(params, stage, parent_run_id, overrides)
-            executed = run_dir / "notebooks" / NOTEBOOKS[stage]
+            running = executed_notebook(run_dir, stage, "running")
+            for earlier in running.parent.glob(NOTEBOOKS[stage].replace(".ipynb", "*.ipynb")):
+                earlier.unlink()  # an earlier run's, in this folder: never mistaken for this one's
             step = f"[{number}/{len(stages)}] {stage}"
             echo(f"{step} ...", flush=True)
             stage_started = time.perf_counter()
@@ -124,7 +142,7 @@ def run_pipeline(
                 with ProgressFollower(run_dir / "progress" / f"{stage}.jsonl", f"{step} ·"):
                     papermill.execute_notebook(
                         str(NOTEBOOK_DIR / NOTEBOOKS[stage]),
-                        str(executed),
+                        str(running),
                         parameters={
                             "params_file": str(params_file),
                             "overrides": overrides,
@@ -146,20 +164,25 @@ def run_pipeline(
                     )
             except Exception as error:  # papermill raises the notebook's error; any failure stops the pipeline
                 failure = error
+                if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # papermill writing the notebook
+                    failure = disk_full(executed_notebook(run_dir, stage, "failed"))
             except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; close the runs it leaves
                 echo("")
-                tracking.end_run(params, stage_run_id, "KILLED", notebook=executed)
+                interrupted = _file_away(running, executed_notebook(run_dir, stage, "interrupted"))
+                tracking.end_run(params, stage_run_id, "KILLED", notebook=interrupted)
                 result.interrupted_stage = stage
                 break
             seconds = time.perf_counter() - stage_started
             result.stage_seconds[stage] = seconds
+            executed = _file_away(running, executed_notebook(run_dir, stage, "failed" if failure else ""))
             tracking.end_run(params, stage_run_id, "FAILED" if failure else "FINISHED", notebook=executed)
             if failure is not None:
                 echo(f"{step} FAILED after {seconds:.1f} s")
                 result.failed_stage, result.error = stage, _error_summary(failure)
                 # One line for the error; its frames are in the executed notebook (and in result.error).
-                echo(f"stage {stage} failed: {result.error.splitlines()[-1]}\nthe executed notebook, with the "
-                     f"traceback: {executed}", file=sys.stderr)
+                complete = tracking.notebook_complete(executed)
+                where = f"the executed notebook{', with the traceback' if complete else ' was cut short'}: {executed}"
+                echo(f"stage {stage} failed: {result.error.splitlines()[-1]}\n{where}", file=sys.stderr)
                 break
             echo(f"{step} done in {seconds:.1f} s (total {time.perf_counter() - started:.1f} s)")
 

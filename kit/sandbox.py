@@ -594,7 +594,9 @@ def isolation_unavailable(level: str) -> str:
         return f"{error.filename} not found" + (f": {INSTALL_HINTS[level]}" if level in INSTALL_HINTS else "")
     except OSError as error:
         return str(error)
-    return "" if result.passed else f"{result.status}: {result.stderr_tail.strip()[-300:]}"
+    # A traceback's last line says what went wrong; the frames are the in-sandbox runner's.
+    said = result.stderr_tail.strip().splitlines()
+    return "" if result.passed else f"{result.status}: {said[-1] if said else 'no output'}"
 
 
 @functools.cache

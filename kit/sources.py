@@ -88,6 +88,14 @@ def local_files(path: Path) -> list[Path]:
     return files
 
 
+def check_local_paths(params: Params) -> None:
+    """A dataset path that names no data fails now, not after the tokenizer and base model have loaded
+    (minutes for a large model, or for the embedded one's first build)."""
+    for spec in params.datasets:
+        if spec.path != EMBEDDED_DATASET:
+            local_files(Path(spec.path).expanduser())
+
+
 def _load_files(files: list[Path]):
     from datasets import Features, Value, load_dataset
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import nbformat
 
 from kit import tracking
 from kit.params import GGUF_VARIANT_PREFIX, Params, environment_warnings, load_params, parse_overrides
@@ -45,10 +46,17 @@ MANIFEST = "manifest.json"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def enter_project_root() -> None:
-    """JupyterLab starts a notebook's kernel in notebooks/; relative paths (output_dir, the MLflow
-    store, reports/) mean the same as from the CLI only when resolved from the project root."""
-    if Path.cwd() == PROJECT_DIR / "notebooks":
+WORK_DIR_MARKER = ".kit-work-dir.json"
+
+
+def enter_work_dir() -> None:
+    """Relative paths in params (output_dir, the MLflow store, reports/) resolve from where a command
+    runs. JupyterLab starts a kernel in its notebook's folder instead: the tracked notebooks' kernels
+    move to the project root, and `kit lab`'s working copies' to the folder it ran in (their marker)."""
+    marker = Path.cwd() / WORK_DIR_MARKER
+    if marker.exists():
+        os.chdir(json.loads(marker.read_text())["work_dir"])
+    elif Path.cwd() == PROJECT_DIR / "notebooks":
         os.chdir(PROJECT_DIR)
 
 
@@ -148,6 +156,21 @@ def run_inline(
     return manifest
 
 
+def notebook_provenance(stage: str) -> dict[str, str]:
+    """For a notebook run in JupyterLab, which tells its kernel the notebook's path: that path, and whether
+    its saved cells, the parameters cell aside, are the tracked notebook's ("as committed") or "edited"."""
+    path = os.environ.get("JPY_SESSION_NAME", "")
+    if not path.endswith(".ipynb") or not Path(path).is_file():
+        return {}
+
+    def cells(notebook: Path) -> list[tuple[str, str]]:
+        return [(cell.cell_type, cell.source) for cell in nbformat.read(notebook, as_version=4).cells
+                if "parameters" not in cell.metadata.get("tags", [])]
+
+    same = cells(Path(path)) == cells(PROJECT_DIR / "notebooks" / NOTEBOOKS[stage])
+    return {"kit.notebook": path, "kit.notebook_cells": "as committed" if same else "edited"}
+
+
 class StageRun:
     """A stage's MLflow run, as a notebook opens it in its first cell and closes it in its last.
 
@@ -165,7 +188,7 @@ class StageRun:
         parent_run_id: str = "",
         mlflow_run_id: str = "",
     ) -> None:
-        enter_project_root()
+        enter_work_dir()
         self.stage = stage
         # Values written back as JSON, which YAML reads as they were (a Python None would come back as "None").
         self.overrides = [f"{key}={json.dumps(value)}" for key, value in parse_overrides(overrides).items()]
@@ -180,6 +203,8 @@ class StageRun:
             self.params, stage, self.parent_run_id, self.overrides
         )
         mlflow.start_run(run_id=self.run_id)
+        if not mlflow_run_id:
+            tracking.set_tags(notebook_provenance(stage))
         self._started = time.perf_counter()
         self._open = True
         atexit.register(self._fail_if_open)

@@ -132,12 +132,12 @@ def start_stage_run(params: Params, stage: str, parent_run_id: str | None, overr
 def end_run(params: Params, run_id: str, status: str, notebook: Path | None = None) -> None:
     """Close a run as FINISHED, FAILED or KILLED (interrupted), with its executed notebook."""
     client = configure(params)
-    if notebook is not None and _complete_json(notebook):
+    if notebook is not None and notebook_complete(notebook):
         client.log_artifact(run_id, str(notebook), "notebook")
     client.set_terminated(run_id, status)
 
 
-def _complete_json(path: Path) -> bool:
+def notebook_complete(path: Path) -> bool:
     """False for a file that is missing or cut short (a full disk while papermill wrote it): such a
     notebook is not logged as the stage's record."""
     try:

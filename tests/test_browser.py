@@ -172,30 +172,17 @@ def test_an_mlflow_server_lists_a_smoke_runs_parent_and_stages_and_its_ui_loads(
         _stop(server)
 
 
-def _notebook_at(folder: Path, name: str) -> Path:
-    """A copy of a stage notebook in ``folder``, its parameters cell on a short run of the embedded default
-    writing there."""
-    notebook = json.loads((ROOT / "notebooks" / name).read_text())
-    cell = next(cell for cell in notebook["cells"] if "parameters" in cell["metadata"].get("tags", []))
-    values = {"params_file": str(SMOKE),
-              "overrides": [f"output_dir={folder / 'out'}", f"dataset_prepared_path={folder / 'prepared'}",
-                            "max_steps=4"]}
-    lines = []
-    for line in "".join(cell["source"]).splitlines():
-        variable = line.partition(" = ")[0]
-        lines.append(f"{variable} = {values[variable]!r}" if variable in values else line)
-    cell["source"] = "\n".join(lines)
-    copy = folder / name
-    copy.write_text(json.dumps(notebook, indent=1))
-    return copy
+def _tracked_notebooks() -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (ROOT / "notebooks").glob("*.ipynb")}
 
 
-def test_the_train_notebook_runs_all_its_cells_in_jupyterlab_without_errors_or_warnings(
+def test_the_train_notebook_runs_all_its_cells_in_kit_lab_without_errors_warnings_or_a_dirty_tree(
     browser, tmp_path: Path
 ) -> None:
-    """What a user sees running the train notebook in JupyterLab (which prepares the data first): every
-    cell runs, and no output is an error, stderr or a warning."""
-    notebook = _notebook_at(tmp_path, "02_train.ipynb")
+    """What a user sees running the train notebook in JupyterLab, opened by `kit lab` (which prepares the
+    data first): every cell runs, no output is an error, stderr or a warning, and the save lands in the
+    working copy, never in the tracked notebook."""
+    tracked = _tracked_notebooks()
     jupyter = tmp_path / "jupyter"  # its config, data and runtime files, out of the user's and the work tree
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
            "JUPYTER_DATA_DIR": str(jupyter / "data"), "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
@@ -206,12 +193,13 @@ def test_the_train_notebook_runs_all_its_cells_in_jupyterlab_without_errors_or_w
     log.parent.mkdir()
     with log.open("w") as output:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             "--allow-root", "--ServerApp.port_retries=0",
-             f"--IdentityProvider.token={JUPYTER_TOKEN}",
-             f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True"],
+            [sys.executable, "-m", "kit.cli", "lab", str(SMOKE), "--set", "output_dir=out",
+             "--set", "dataset_prepared_path=prepared", "--set", "max_steps=4",
+             "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root", "--ServerApp.port_retries=0",
+             f"--IdentityProvider.token={JUPYTER_TOKEN}", "--LabApp.expose_app_in_browser=True"],
             stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
         )
+    notebook = tmp_path / "out" / "interactive" / "notebooks" / "02_train.ipynb"
     try:
         _wait_until_answering(f"{base}/api/status?token={JUPYTER_TOKEN}", server, "jupyter lab", log.read_text)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -236,9 +224,20 @@ def test_the_train_notebook_runs_all_its_cells_in_jupyterlab_without_errors_or_w
                 outputs: [...cell.querySelectorAll(".jp-OutputArea-output")]
                     .map(output => ({mime: output.dataset.mimeType, text: output.textContent})),
             }))""")
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
         page.close()
     finally:
         _stop(server)
+
+    assert log.read_text().startswith(f"JupyterLab on working copies of the notebooks in {notebook.parent}; ")
+    assert _tracked_notebooks() == tracked  # the save went to the working copy
+    saved = json.loads(notebook.read_text())
+    assert any(cell.get("outputs") for cell in saved["cells"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [train] = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                                 f"tags.`kit.notebook` = '{notebook}'")
+    assert train.data.tags["kit.stage"] == "train" and train.data.tags["kit.notebook_cells"] == "as committed"
 
     code_cells = [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
     assert len(cells) == len(code_cells)

@@ -23,7 +23,8 @@ from kit.merge import HELD_OUT_SNIPPETS, causal_lm_logits, compare_logits, held_
 from kit.models import load_causal_lm, load_tokenizer, save_tokenizer, with_adapter
 from kit.params import Params, ParamsError, environment_warnings
 
-from .conftest import smoke_at
+from .conftest import SMOKE, smoke_at
+from .mounts import stage_on_a_small_disk
 
 
 def lora_trained_manifest(params: Params, folder: Path) -> dict:
@@ -97,6 +98,23 @@ def test_full_fine_tune_is_saved_in_merge_dtype(smoke_params: Params, tmp_path: 
     # The cast to float16 rounds the logits only slightly and keeps the model's choices.
     assert 0 < manifest["metrics"]["merge/max_abs_logit_diff"] < 0.02
     assert manifest["metrics"]["merge/top1_agreement"] >= 0.97
+
+
+def test_a_full_disk_names_the_model_folder_and_the_space_it_needs_and_leaves_nothing(
+    smoke_params: Params, tmp_path: Path
+) -> None:
+    """A real 3 MB filesystem under merge's folder: the float32 model (about 9.6 MB) does not fit, which
+    safetensors reports as its own error, not an OSError."""
+    base = str(build_base_model(smoke_params))
+    trained = {"stage": "train", "outputs": {"base_model": base, "adapter_dir": None, "model_dir": base,
+                                             "tokenizer_dir": base}}
+    disk = tmp_path / "disk"
+    outcome = stage_on_a_small_disk("merge", SMOKE, trained, disk, size="3m")
+    target = disk / "merge" / "model"
+    assert re.fullmatch(rf"OSError: \[Errno 28\] no space left on the device writing {re.escape(str(target))} \(it "
+                        r"needs at least (9|10) MB, 3 MB free there\); free some space or point output_dir to a larger "
+                        r"disk", outcome["error"]), outcome["error"]
+    assert outcome["left"] == ["merge"]
 
 
 def test_added_tokens_survive_merge_and_gguf_export(smoke_params: Params, tmp_path: Path) -> None:

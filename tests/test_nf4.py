@@ -3,6 +3,10 @@ stay as loaded; the guard stops a base that does not (kit.nf4)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -118,3 +122,11 @@ def test_a_4bit_base_kit_loads_never_repacks_and_saving_it_changes_nothing(tmp_p
         again = model(tokens).logits
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     assert nf4.snapshot(model) == loaded
+
+
+@pytest.mark.parametrize("offline", ["1", "0"], ids=["offline", "online"])
+def test_bitsandbytes_loaded_through_kit_says_nothing(offline):
+    """On AVX-512 BF16 CPUs bitsandbytes asks the Hub for a kernel kit never runs, and logs its failure."""
+    done = subprocess.run([sys.executable, "-c", "import kit.nf4, bitsandbytes"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": offline})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -17,6 +17,7 @@ from kit.stage import NOTEBOOKS, STAGES, stage_inputs, upstream_stages, write_ma
 
 from . import benchmark_smoke
 from .conftest import SMOKE
+from .mounts import run_over
 
 
 def _kit(*args, cwd):
@@ -102,14 +103,19 @@ def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record
 
 def test_a_failing_stage_stops_the_pipeline_and_is_left_failed(tmp_path):
     experiment = "failing-test"
+    notebooks = tmp_path / "again" / "notebooks"
+    notebooks.mkdir(parents=True)
+    (notebooks / "01_prepare.ipynb").write_text("{}")  # an earlier run's, in the same run folder
     process = _kit("run", str(SMOKE), "--stages", "prepare,train", "--set", f"output_dir={tmp_path}",
                    "--set", "datasets=[{path: /nonexistent/data.jsonl, type: alpaca}]",
-                   "--set", f"mlflow_experiment_name={experiment}", cwd=tmp_path)
+                   "--set", "mlflow_run_name=again", "--set", f"mlflow_experiment_name={experiment}", cwd=tmp_path)
     assert process.returncode == 1
     # One line for the error, once, and where its traceback is.
     error = "stage prepare failed: ValueError: datasets: /nonexistent/data.jsonl: no such file"
-    assert process.stderr.splitlines()[0] == error
-    assert len(process.stderr.splitlines()) == 2 and "01_prepare.ipynb" in process.stderr
+    assert process.stderr.splitlines() == [
+        error, f"the executed notebook, with the traceback: {notebooks / '01_prepare.failed.ipynb'}"]
+    # Named for how it ended; the earlier run's finished notebook is gone, not mistaken for this run's.
+    assert sorted(path.name for path in notebooks.iterdir()) == ["01_prepare.failed.ipynb"]
     _, runs = _runs(experiment)
     statuses = {run.data.tags.get("kit.stage", "pipeline"): run.info.status for run in runs}
     assert statuses == {"pipeline": "FAILED", "prepare": "FAILED"}
@@ -153,6 +159,8 @@ def test_ctrl_c_during_training_ends_in_one_line_with_exit_130_and_its_runs_kill
     [message] = [line for line in shown.splitlines() if "interrupted during" in line]
     assert message.startswith("interrupted during train (runs marked KILLED); kept: prepare in ")
     assert "checkpoint(s) under" in message and message.endswith("--set resume_from_checkpoint=auto")
+    [notebooks] = tmp_path.glob("*/notebooks")
+    assert sorted(path.name for path in notebooks.iterdir()) == ["01_prepare.ipynb", "02_train.interrupted.ipynb"]
     _, runs = _runs(experiment)
     statuses = {run.data.tags.get("kit.stage", "pipeline"): run.info.status for run in runs}
     assert statuses == {"pipeline": "KILLED", "prepare": "FINISHED", "train": "KILLED"}
@@ -172,6 +180,18 @@ def test_a_run_folder_another_run_holds_is_refused_before_anything_starts(tmp_pa
     error = capsys.readouterr().err
     assert f"error: run folder {held} is in use by another kit run (process {os.getpid()}, since " in error
     assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name(experiment) is None
+
+
+def test_a_run_folder_on_a_read_only_filesystem_is_named_in_one_line_before_anything_runs(tmp_path):
+    folder = tmp_path / "read-only"
+    done = run_over("read-only", folder, [sys.executable, "-m", "kit.cli", "run", str(SMOKE), "--stages", "prepare",
+                                          "--set", f"output_dir={folder / 'runs'}", "--set", "mlflow_run_name=blocked"])
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: Read-only file system: {folder / 'runs'}; point output_dir or "
+                                        "dataset_prepared_path to a writable folder"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    assert client.search_runs(experiments, "tags.mlflow.runName = 'blocked'") == []
 
 
 def test_unknown_stage_is_refused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from kit.params import DatasetSpec, load_params
 from kit.prepare import pack_splits, run_prepare
 
 from .conftest import SMOKE
+from .mounts import stage_on_a_small_disk
 
 
 def test_alpaca_prompt_is_axolotls_text():
@@ -149,6 +151,17 @@ def test_an_interrupted_prepare_leaves_no_cache_entry(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.undo()
     assert run_prepare(params, None, tmp_path / "b")["metrics"]["prepare/cache_hit"] == 0.0
+
+
+def test_a_full_disk_names_the_cache_entry_and_leaves_no_part_of_it(tmp_path):
+    """A real 1 MB filesystem for the prepared data: the smoke run's rows (about 1.6 MB) do not fit."""
+    disk = tmp_path / "disk"
+    outcome = stage_on_a_small_disk("prepare", SMOKE, None, disk, size="1m",
+                                    overrides=[f"dataset_prepared_path={disk / 'cache'}"])
+    assert re.fullmatch(rf"OSError: \[Errno 28\] no space left on the device writing {re.escape(str(disk / 'cache'))}"
+                        r"/\w+ \(\d MB free there\); free some space or point output_dir to a larger disk",
+                        outcome["error"]), outcome["error"]
+    assert [path for path in outcome["left"] if path.startswith("cache")] == ["cache"]  # no entry, no staging folder
 
 
 def test_a_damaged_cache_entry_is_built_again_saying_so(tmp_path, capsys):

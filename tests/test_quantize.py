@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,18 @@ from kit.embedded import build_base_model, stdlib_corpus
 from kit.gguf_export import QWEN2_PRE_TOKENIZER_PATTERN, export_gguf
 from kit.merge import run_merge
 from kit.params import GGUF_TYPES, Params
-from kit.quantize import gguf_generations, gguf_table, llama_file_type, llama_model, run_quantize
+from kit.quantize import (
+    gguf_bytes_at_least,
+    gguf_generations,
+    gguf_table,
+    llama_file_type,
+    llama_model,
+    parameter_count,
+    run_quantize,
+)
+
+from .conftest import SMOKE
+from .mounts import stage_on_a_small_disk
 
 CODE_WITH_UNICODE = 'def grüße(name: str) -> str:\n    return f"¡Hola, {name}! → ✓ 😀"  # naïve\n'
 # What a tokenizer converted wrongly is likely to split differently: indentation and whitespace
@@ -273,6 +285,20 @@ def test_run_quantize_writes_and_checks_every_type(smoke_params: Params, merged:
     assert table.loc["merged", "perplexity"] == merged_perplexity
     generations = gguf_generations(manifest, "def add(a, b):\n", max_tokens=4)
     assert list(generations.index) == list(paths) and all(generations["completion"].str.len() > 0)
+    parameters = parameter_count(Path(merged["outputs"]["model_dir"]))
+    for gguf_type, path in paths.items():  # what a full disk's message says a file needs
+        assert 0.8 * path.stat().st_size < gguf_bytes_at_least(parameters, gguf_type) <= path.stat().st_size
+
+
+def test_a_full_disk_names_the_file_and_the_space_it_needs_and_leaves_nothing(merged: dict, tmp_path: Path) -> None:
+    """A real 3 MB filesystem under quantize's folder: the f16 file (about 4.8 MB) does not fit."""
+    disk = tmp_path / "disk"
+    outcome = stage_on_a_small_disk("quantize", SMOKE, merged, disk, size="3m")
+    target = disk / "quantize" / "model-f16.gguf"
+    assert re.fullmatch(rf"OSError: \[Errno 28\] no space left on the device writing {re.escape(str(target))} \(it "
+                        r"needs at least [45] MB, 3 MB free there\); free some space or point output_dir to a larger "
+                        r"disk", outcome["error"]), outcome["error"]
+    assert outcome["left"] == ["quantize"]  # neither a partial file nor one under the final name
 
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
