@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import shutil
 import sysconfig
@@ -23,7 +22,7 @@ from pathlib import Path
 from kit.embedded_tasks import instruction_rows, style_functions
 from kit.params import Params
 from kit.progress import announce, show_training_progress
-from kit.staging import staging_folder
+from kit.staging import cache_root, staging_folder
 
 BUILDER_VERSION = 3
 # Pretraining rows: tokens per row and rows per step.
@@ -37,10 +36,6 @@ STYLE_FUNCTIONS = 6000
 # The base's own seed: a fine-tune's ``seed`` draws its training rows and run, never a new base, so a
 # seed sweep fine-tunes one base. 42 keeps the base that the published ledger was measured on.
 BASE_MODEL_SEED = 42
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
 
 
 def stdlib_corpus(max_chars: int) -> str:

@@ -1,20 +1,23 @@
-"""Loading base models and tokenizers: the embedded default or anything from_pretrained reads."""
+"""Loading base models and tokenizers: the embedded default, a GGUF file, or anything from_pretrained reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kit import nf4
+from kit.gguf_base import gguf_file, hf_folder_from_gguf
 from kit.params import Params
 
 
 def resolve_base_model(params: Params) -> str:
-    """A from_pretrained name or folder; the embedded default is built (or found in the cache)."""
+    """A from_pretrained name or folder; the embedded default is built, and a GGUF file turned into a
+    folder (or either found in the cache)."""
     if params.uses_embedded_model:
         from kit.embedded import build_base_model
 
         return str(build_base_model(params))
-    return params.base_model
+    gguf = gguf_file(params.base_model)
+    return str(hf_folder_from_gguf(gguf)) if gguf else params.base_model
 
 
 def torch_dtype(name: str):

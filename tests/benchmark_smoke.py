@@ -23,10 +23,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from kit.embedded import BUILD_TIME, build_base_model, cache_root
+from kit.embedded import BUILD_TIME, build_base_model
 from kit.evaluate import ledger_from_results
 from kit.params import load_params
 from kit.stage import STAGES, read_manifest
+from kit.staging import cache_root
 
 from .benchmark_prepare import machine
 from .benchmarking import measure_offline_and_report, versions
