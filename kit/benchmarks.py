@@ -40,6 +40,9 @@ PYTHON_FENCE_INFO = ("python", "python3", "py", "py3")
 MARKDOWN_FENCE_INFO = ("markdown", "md")
 MBPP_TEST_TASK_IDS = range(11, 511)
 MBPP_SHOT_TASK_IDS = (2, 3, 4)
+# Austin et al.'s other splits: training (601-974) and validation (511-600), disjoint from the test split.
+MBPP_TRAIN_TASK_IDS = range(601, 975)
+MBPP_VALIDATION_TASK_IDS = range(511, 601)
 # MBPP as google-research published it (CC BY 4.0, attribution in kit/data/MBPP-LICENSE.md): offline by default.
 PACKAGED_MBPP = Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
 
@@ -225,6 +228,28 @@ def mbpp_rows(mbpp_path: str | None) -> tuple[list[dict], list[dict]]:
     tests = sorted(load_dataset(mbpp_path, "full", split="test"), key=lambda row: row["task_id"])
     prompt_split = {row["task_id"]: row for row in load_dataset(mbpp_path, "full", split="prompt")}
     return tests, [prompt_split[task_id] for task_id in MBPP_SHOT_TASK_IDS]
+
+
+def mbpp_conversation(row: dict) -> dict:
+    """One MBPP task as a chat: the task as the instruct prompts put it, the reference code as the answer,
+    fenced as the instruct format reads answers back."""
+    answer = f"{ANSWER_FENCE}{_normalise_newlines(row['code']).strip()}\n```"
+    return {"task_id": row["task_id"],
+            "messages": [{"role": "user", "content": mbpp_task(row)}, {"role": "assistant", "content": answer}]}
+
+
+def write_mbpp_conversations(out_dir: Path) -> dict[str, Path]:
+    """MBPP's training and validation splits from the packaged copy, as chat jsonl files in ``out_dir``
+    (``mbpp-train.jsonl``, ``mbpp-validation.jsonl``) for the ``chat_template`` dataset type."""
+    by_id = {row["task_id"]: row for row in map(json.loads, PACKAGED_MBPP.read_text().splitlines()) if row}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, task_ids in (("train", MBPP_TRAIN_TASK_IDS), ("validation", MBPP_VALIDATION_TASK_IDS)):
+        path = out_dir / f"mbpp-{split}.jsonl"
+        lines = [json.dumps(mbpp_conversation(by_id[task_id]), ensure_ascii=False) for task_id in task_ids]
+        path.write_text("\n".join(lines) + "\n")
+        written[split] = path
+    return written
 
 
 def mbpp_problems(mbpp_path: str | None) -> list[Problem]:

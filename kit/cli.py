@@ -71,6 +71,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mbpp_data(args: argparse.Namespace) -> int:
+    from kit.benchmarks import write_mbpp_conversations
+
+    for split, path in write_mbpp_conversations(args.out_dir).items():
+        print(f"{split}: {path} ({len(path.read_text().splitlines())} tasks)")
+    return 0
+
+
 def _interrupted(args: argparse.Namespace, result) -> str:
     """What Ctrl-C stopped, what it kept and the command that goes on from there."""
     finished = list(result.stage_seconds)
@@ -364,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("params", help="params YAML file")
     lab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     lab.set_defaults(handler=_lab)
+
+    mbpp_data = commands.add_parser(
+        "mbpp-data",
+        help="write MBPP's training (tasks 601-974) and validation (511-600) splits from the copy kit ships as "
+        "chat jsonl files (mbpp-train.jsonl, mbpp-validation.jsonl), for datasets of type chat_template",
+    )
+    mbpp_data.add_argument("out_dir", type=Path, help="folder to write them into")
+    mbpp_data.set_defaults(handler=_mbpp_data)
 
     gpu_check = commands.add_parser(
         "gpu-check",

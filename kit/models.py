@@ -121,13 +121,21 @@ def attention_implementation(params: Params) -> str:
 def save_tokenizer(tokenizer, source: str, folder: Path) -> Path:
     """Save the tokenizer, keeping the SentencePiece model beside it.
 
-    transformers 5 writes only tokenizer.json; the GGUF converter reads the ``tokenizer.model``
-    scores and piece types, so it is copied from the source folder where there is one.
+    transformers 5 writes only tokenizer.json; llama.cpp's GGUF converter reads the ``tokenizer.model``
+    scores and piece types, so it is copied from the source folder where there is one, and the tokens
+    added on top of it from ``added_tokens.json``, which transformers 5 no longer writes.
     """
+    import json
     import shutil
 
     tokenizer.save_pretrained(str(folder))
     sentencepiece_model = Path(source) / "tokenizer.model"
     if sentencepiece_model.is_file():
         shutil.copyfile(sentencepiece_model, folder / "tokenizer.model")
+        from sentencepiece import SentencePieceProcessor
+
+        pieces = SentencePieceProcessor(model_file=str(sentencepiece_model)).get_piece_size()
+        added = {token: token_id for token, token_id in tokenizer.get_added_vocab().items() if token_id >= pieces}
+        if added:
+            (folder / "added_tokens.json").write_text(json.dumps(added, indent=2, ensure_ascii=False))
     return folder

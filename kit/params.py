@@ -149,6 +149,9 @@ class Params(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     dataset_prepared_path: str | None = None
     val_set_size: float = Field(0.0, ge=0)
+    test_datasets: list[DatasetSpec] | None = Field(
+        None, description="validation from datasets of their own, prepared as `datasets` are (not with val_set_size)"
+    )
     # Under .tunebook/, which git ignores (Axolotl's ./out would sit in the work tree).
     output_dir: str = ".tunebook/runs"
     sequence_len: int = Field(2048, ge=16)
@@ -370,6 +373,8 @@ class Params(_Strict):
             raise ValueError("load_in_8bit: true needs adapter: lora (an 8-bit base cannot be fully fine-tuned)")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise ValueError("warmup_steps and warmup_ratio are both set; choose one")
+        if self.test_datasets and self.val_set_size:
+            raise ValueError("test_datasets and val_set_size are both set; validation comes from one of them")
         if self.val_set_size >= 1 and self.val_set_size != int(self.val_set_size):
             raise ValueError("val_set_size: a count (>= 1) must be a whole number; a fraction must be < 1")
         for key in ("eval_steps", "save_steps"):

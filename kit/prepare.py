@@ -30,7 +30,7 @@ def with_position_ids(row: dict[str, Any]) -> dict[str, Any]:
 # Every key that changes the prepared rows; with the data, the tokenizer and PREPARE_VERSION it
 # makes the cache key of `dataset_prepared_path`.
 PREPARATION_KEYS = (
-    "datasets", "sequence_len", "sample_packing", "train_on_inputs", "val_set_size", "seed",
+    "datasets", "test_datasets", "sequence_len", "sample_packing", "train_on_inputs", "val_set_size", "seed",
     "excess_length_strategy", "dataset_bad_rows", "dataset_decontamination", "dataset_decontamination_ngram",
     "dataset_decontamination_benchmarks",
     "eval_mbpp_path", "special_tokens", "tokens", "embedded_num_samples",
@@ -68,7 +68,7 @@ def data_fingerprint(spec: DatasetSpec, params: Params) -> str:
 def cache_key(params: Params, tokenizer_dir: Path) -> str:
     resolved = params.resolved()
     inputs = {key: resolved[key] for key in PREPARATION_KEYS}
-    inputs["data"] = [data_fingerprint(spec, params) for spec in params.datasets]
+    inputs["data"] = [data_fingerprint(spec, params) for spec in [*params.datasets, *(params.test_datasets or [])]]
     inputs["tokenizer"] = _hash_files(sorted(tokenizer_dir.iterdir()))
     inputs["version"] = PREPARE_VERSION
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
@@ -110,7 +110,14 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
         raise ValueError("datasets: no sample left after removing empty, duplicate, too long and contaminated ones")
 
     splits = DatasetDict({"train": Dataset.from_list(samples)})
-    if params.val_set_size:
+    validation = None
+    if params.test_datasets:
+        announce(f"loading and tokenizing {len(params.test_datasets)} validation dataset(s) (test_datasets)")
+        validation = collect_samples(params, tokenizer, params.test_datasets)
+        if not validation.samples:
+            raise ValueError("test_datasets: no sample left after removing empty, duplicate and too long ones")
+        splits["validation"] = Dataset.from_list(validation.samples)
+    elif params.val_set_size:
         test_size = int(params.val_set_size) if params.val_set_size >= 1 else params.val_set_size
         split = splits["train"].train_test_split(test_size=test_size, seed=params.seed)
         splits = DatasetDict({"train": split["train"], "validation": split["test"]})
@@ -137,7 +144,11 @@ def _build(params: Params, tokenizer, folder: Path) -> dict[str, Any]:
         "prepare/num_packed_rows": rows if params.sample_packing else 0,
         "prepare/packing_efficiency": sum(sample_lengths) / (rows * params.sequence_len),
     }
-    datasets = [{"path": spec.path, **counts} for spec, counts in zip(params.datasets, collected.counts)]
+    datasets = [{"path": spec.path, "split": "train", **counts}
+                for spec, counts in zip(params.datasets, collected.counts)]
+    if validation is not None:
+        datasets += [{"path": spec.path, "split": "validation", **counts}
+                     for spec, counts in zip(params.test_datasets, validation.counts)]
     summary = {"metrics": metrics, "datasets": datasets, "contamination": contamination,
                "sample_lengths": sample_lengths, "checksums": _checksums(folder / "dataset")}
     (folder / SUMMARY).write_text(json.dumps(summary))
@@ -211,7 +222,8 @@ def run_prepare(params: Params, inputs: dict[str, Any] | None, out_dir: Path) ->
     return write_manifest(
         out_dir,
         "prepare",
-        inputs={"datasets": [spec.model_dump() for spec in params.datasets], "base_model": base_model},
+        inputs={"datasets": [spec.model_dump() for spec in params.datasets],
+                "test_datasets": [spec.model_dump() for spec in params.test_datasets or []], "base_model": base_model},
         outputs={
             "dataset_dir": str(folder / "dataset"),
             "summary": str(folder / SUMMARY),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kit.formats import IGNORE_INDEX, render, tokenize
-from kit.params import Params
+from kit.params import DatasetSpec, Params
 from kit.sources import BadData, iter_rows
 
 # Per dataset: loaded == bad_rows + empty + duplicates + too_long + kept; truncated ones are kept.
@@ -28,8 +28,9 @@ class SampleSet:
         return {key: sum(counts[key] for counts in self.counts) for key in COUNT_KEYS}
 
 
-def collect_samples(params: Params, tokenizer) -> SampleSet:
-    """Load, render and tokenize every row of ``params.datasets`` in order, keeping the clean ones.
+def collect_samples(params: Params, tokenizer, specs: list[DatasetSpec] | None = None) -> SampleSet:
+    """Load, render and tokenize every row of ``specs`` (``params.datasets`` unless given) in order,
+    keeping the clean ones.
 
     Dropped: rows that cannot be read or rendered (unless ``dataset_bad_rows: error``, where the
     first one stops the run), rows with no trained text, exact repeats of an earlier rendered text
@@ -38,7 +39,7 @@ def collect_samples(params: Params, tokenizer) -> SampleSet:
     """
     collected = SampleSet()
     seen: set[str] = set()
-    for spec in params.datasets:
+    for spec in params.datasets if specs is None else specs:
         counts = dict.fromkeys(COUNT_KEYS, 0)
         collected.counts.append(counts)
         for place, values in iter_rows(spec, params):

@@ -91,7 +91,7 @@ def local_files(path: Path) -> list[Path]:
 def check_local_paths(params: Params) -> None:
     """A dataset path that names no data fails now, not after the tokenizer and base model have loaded
     (minutes for a large model, or for the embedded one's first build)."""
-    for spec in params.datasets:
+    for spec in [*params.datasets, *(params.test_datasets or [])]:
         if spec.path != EMBEDDED_DATASET:
             local_files(Path(spec.path).expanduser())
 

@@ -173,8 +173,9 @@ def render_report(result: dict[str, Any]) -> str:
         "",
         "## Setup",
         "",
-        "Each model goes through `kit.quantize.run_quantize`, as the quantize stage runs it: `kit.gguf_export` "
-        "writes f16 (and bf16) from the safetensors, llama.cpp's own quantizer (`llama_model_quantize`) makes "
+        "Each model goes through `kit.quantize.run_quantize`, as the quantize stage runs it: llama.cpp's "
+        "converter (`convert_hf_to_gguf.py`, run by `kit.gguf_export`) writes f16 (and bf16) from the safetensors, "
+        "llama.cpp's own quantizer (`llama_model_quantize`) makes "
         "every other type from the f16 file, and each file is loaded in llama.cpp and run on the held-out code "
         f"(`kit.merge.HELD_OUT_SNIPPETS`, {len(HELD_OUT_SNIPPETS)} snippets no model here was trained on). "
         "Perplexity is over the next tokens of those snippets; top-1 agreement is the share of positions where "

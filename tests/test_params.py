@@ -101,3 +101,16 @@ def test_eval_limit_is_one_number_or_one_per_benchmark():
         load_params(SMOKE, ["eval_limit={humaneval: 0}"])
     with pytest.raises(ParamsError, match="eval_limit"):
         load_params(SMOKE, ["eval_limit={apps: 2}"])
+
+
+def test_test_datasets_and_val_set_size_are_not_both_taken():
+    with pytest.raises(ParamsError, match="test_datasets and val_set_size are both set"):
+        load_params(SMOKE, ["test_datasets=[{path: v.jsonl}]", "val_set_size=0.1"])
+    assert load_params(SMOKE, ["test_datasets=[{path: v.jsonl}]", "val_set_size=0"]).test_datasets[0].path == "v.jsonl"
+
+
+def test_the_smollm2_mbpp_params_file_is_valid_and_evaluates_every_artifact():
+    params = load_params(ROOT / "params" / "smollm2-135m-mbpp.yaml")
+    assert params.eval_variants == ["base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"]
+    assert params.datasets[0].type == params.test_datasets[0].type == "chat_template"
+    assert params.eval_limit is None and params.eval_num_samples == 1  # every problem, greedily

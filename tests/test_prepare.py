@@ -180,3 +180,29 @@ def test_a_damaged_cache_entry_is_built_again_saying_so(tmp_path, capsys):
         capsys.readouterr().out)
     rows = load_from_disk(again["outputs"]["dataset_dir"])["train"].num_rows
     assert rows == first["metrics"]["prepare/num_packed_rows"]
+
+
+def test_test_datasets_are_the_validation_split_and_part_of_the_cache_key(tmp_path):
+    train, validation = _alpaca_file(tmp_path / "train.jsonl", 30), _alpaca_file(tmp_path / "validation.jsonl", 7)
+    overrides = [f"dataset_prepared_path={tmp_path / 'cache'}", f"datasets=[{{path: {train}, type: alpaca}}]",
+                 f"test_datasets=[{{path: {validation}, type: alpaca}}]", "val_set_size=0",
+                 "dataset_decontamination=off", "sample_packing=false"]
+    manifest = run_prepare(load_params(SMOKE, overrides), None, tmp_path / "a")
+    splits = load_from_disk(manifest["outputs"]["dataset_dir"])
+    assert (len(splits["train"]), len(splits["validation"])) == (30, 7)
+    assert (manifest["metrics"]["prepare/num_train"], manifest["metrics"]["prepare/num_val"]) == (30, 7)
+    assert [spec["path"] for spec in manifest["inputs"]["test_datasets"]] == [str(validation)]
+    summary = json.loads(Path(manifest["outputs"]["summary"]).read_text())
+    assert [(entry["split"], entry["kept"]) for entry in summary["datasets"]] == [("train", 30), ("validation", 7)]
+
+    _alpaca_file(validation, 8)  # other validation data: prepared again, not read from the cache
+    again = run_prepare(load_params(SMOKE, overrides), None, tmp_path / "b")
+    assert again["metrics"]["prepare/cache_hit"] == 0.0 and again["metrics"]["prepare/num_val"] == 8
+
+
+def test_a_missing_test_dataset_is_named_before_the_model_loads(tmp_path):
+    train = _alpaca_file(tmp_path / "train.jsonl", 3)
+    params = load_params(SMOKE, [f"datasets=[{{path: {train}, type: alpaca}}]", "val_set_size=0",
+                                 f"test_datasets=[{{path: {tmp_path / 'absent.jsonl'}}}]"])
+    with pytest.raises(ValueError, match=r"absent\.jsonl: no such file"):
+        run_prepare(params, None, tmp_path / "prepare")

