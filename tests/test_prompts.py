@@ -333,6 +333,32 @@ def test_generation_runs_eval_batch_size_prompts_at_a_time(smoke_params: Params,
     assert len(completions) == 5 and all(len(samples) == 1 for samples in completions)
 
 
+@pytest.mark.parametrize("benchmark", ["humaneval", "embedded"])
+def test_rounds_of_growing_length_generate_what_one_pass_does(
+    benchmark: str, smoke_params: Params, tiny_model_and_tokenizer, monkeypatch
+) -> None:
+    """Rows asked again from the tokens they have go on as if never stopped; rows that ended drop out."""
+    import kit.evaluate
+
+    model, tokenizer = tiny_model_and_tokenizer
+    params = smoke_params.model_copy(update={"eval_batch_size": 1, "eval_max_new_tokens": 40, "eval_limit": 6})
+    problems = load_benchmark(benchmark, params, "base")[:6]
+    one_pass = generate_completions(model, tokenizer, problems, params)
+    calls = []
+    generate = model.generate
+
+    def recording_generate(**kwargs):
+        calls.append(kwargs["generation_config"].max_new_tokens)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(kit.evaluate, "FIRST_ROUND_TOKENS", 4)
+    monkeypatch.setattr(model, "generate", recording_generate)
+    assert generate_completions(model, tokenizer, problems, params) == one_pass
+    # Rounds end rows at 4, 8, 16, 32 and 40 new tokens; each row is its own batch here.
+    assert calls[: len(problems)] == [4] * len(problems) and set(calls) <= {4, 8, 16}
+    assert len(problems) < len(calls) < 5 * len(problems)  # some rows went on; those that ended did not
+
+
 def test_mbpp_training_and_validation_chats_come_from_their_own_splits(tmp_path, capsys):
     from kit.benchmarks import MBPP_TEST_TASK_IDS, PACKAGED_MBPP, extract_code, mbpp_task
     from kit.cli import main
