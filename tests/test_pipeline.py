@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -127,6 +128,9 @@ def _run_on_a_terminal_until(command: list[str], cwd, shown: bytes) -> tuple[int
     pid, terminal = pty.fork()
     if pid == 0:  # the child: the command, with this terminal as its controlling one
         os.chdir(cwd)
+        # As a user's shell starts it: a suite started in the background (`&` without job control)
+        # ignores SIGINT, and the command would inherit that and never see the Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(command[0], command)
     output, pressed = b"", False
     while True:
