@@ -183,7 +183,7 @@ def style_functions(count: int, seed: int) -> str:
 
 def instruction_rows(count: int, seed: int) -> list[dict[str, str]]:
     """``count`` alpaca rows drawn from the training pool: the task asked as HumanEval's instruct
-    prompt asks (complete this function) or in words (write a function that ...), half each, the
+    prompt asks (a self-contained script) or in words (write a function that ...), half each, the
     answer the whole function in a Python fence."""
     # Imported here: kit.benchmarks imports this module for the benchmark itself.
     from kit.benchmarks import ANSWER_FENCE, humaneval_instruction

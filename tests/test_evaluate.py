@@ -296,9 +296,14 @@ def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path)
     expected_metrics = set()
     for variant in variants:
         assert results[variant]["prompt_format"] == "base"
+        engine = "llama.cpp" if variant == "gguf_f16" else "transformers"
+        assert results[variant]["decoding"]["engine"] == engine and results[variant]["decoding"]["greedy"]
+        assert results[variant]["decoding"]["max_new_tokens"] == smoke_params.eval_max_new_tokens
         for benchmark in benchmarks:
             scores = results[variant]["benchmarks"][benchmark]
             assert scores["num_problems"] == 2 and scores["isolation"] == isolation()
+            first = load_benchmark(benchmark, smoke_params)[0]
+            assert scores["first_prompt"] == first.prompt and scores["stop_sequences"] == list(first.stop_sequences)
             assert 0.0 <= scores["pass@1"] <= 1.0 and "pass@10" not in scores
             assert manifest["metrics"][f"{variant}/{benchmark}/pass_at_1"] == scores["pass@1"]
             assert manifest["metrics"][f"{variant}/{benchmark}/generation_seconds"] == scores["generation_seconds"]
@@ -319,7 +324,12 @@ def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path)
             assert path.is_absolute() and path.name.startswith(f"samples-{variant}-")
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             assert len(rows) == 2
-            assert {"task_id", "completion", "status", "result"} <= set(rows[0])
+            assert {"task_id", "prompt", "generation", "completion", "status", "result"} <= set(rows[0])
+            # The completion checked is what the problem makes of the text the model generated.
+            benchmark = path.stem.split("-")[-1]
+            problems = {str(problem.task_id): problem for problem in load_benchmark(benchmark, smoke_params, "base")}
+            assert all(problems[str(row["task_id"])].completion_from(row["generation"]) == row["completion"]
+                       for row in rows)
             # The untrained model's completions fail, each with the reason kit score would give.
             assert all(row["result"] == verdict(ExecutionResult(row["status"], row["stderr_tail"])) for row in rows)
 

