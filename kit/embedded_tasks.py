@@ -183,10 +183,10 @@ def style_functions(count: int, seed: int) -> str:
 
 def instruction_rows(count: int, seed: int) -> list[dict[str, str]]:
     """``count`` alpaca rows drawn from the training pool: the task asked as HumanEval's instruct
-    prompt asks (a self-contained script) or in words (write a function that ...), half each, the
+    prompt asks (complete this function) or in words (write a function that ...), half each, the
     answer the whole function in a Python fence."""
     # Imported here: kit.benchmarks imports this module for the benchmark itself.
-    from kit.benchmarks import ANSWER_FENCE, humaneval_instruction
+    from kit.benchmarks import ANSWER_FENCE, completion_instruction
 
     pool = split()[1]
     if count > len(pool):
@@ -195,7 +195,7 @@ def instruction_rows(count: int, seed: int) -> list[dict[str, str]]:
     rows = []
     for task in chooser.sample(pool, count):
         if chooser.random() < 0.5:
-            instruction = humaneval_instruction(task.prompt)
+            instruction = completion_instruction(task.prompt)
         else:
             signature = f"{task.entry_point}({task.template.argument})"
             instruction = f"Write a Python function `{signature}` that {task.description}."

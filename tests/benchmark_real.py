@@ -215,6 +215,13 @@ def relations(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def _code_span(text: str) -> str:
+    """``text`` as code in a table cell: a span that holds backticks needs a longer run of them around it,
+    spaced off (CommonMark), and a pipe is escaped even there (GitHub's tables)."""
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def _interval(low: float, high: float) -> str:
     return f"[{low:.3f}, {high:.3f}]"
 
@@ -248,9 +255,10 @@ def render_report(result: dict[str, Any]) -> str:
         + " | ".join(f"{scored['benchmarks'][name]['generation_seconds']:.0f}" for name in benchmarks) + " |"
         for variant, scored in results.items()
     ]
+    stops = {name: results["base"]["benchmarks"][name]["stop_sequences"] for name in benchmarks}
     protocol_rows = [
         f"| {name} | {results['base']['decoding']['max_new_tokens']} | "
-        + ", ".join(f"`{json.dumps(stop)[1:-1]}`" for stop in results["base"]["benchmarks"][name]["stop_sequences"])
+        + ", ".join(_code_span(json.dumps(stop)[1:-1]) for stop in stops[name])
         + " |"
         for name in benchmarks
     ]
@@ -313,9 +321,9 @@ def render_report(result: dict[str, Any]) -> str:
         "",
         "The first HumanEval prompt, as the model saw it:",
         "",
-        "```text",
+        "````text",  # four backticks: the prompt holds fences of three
         results["base"]["benchmarks"]["humaneval"]["first_prompt"].rstrip("\n"),
-        "```",
+        "````",
         "",
         "## Time",
         "",

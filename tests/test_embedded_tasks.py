@@ -99,7 +99,7 @@ def test_eval_limit_can_be_set_per_benchmark(smoke_params) -> None:
 def test_the_training_rows_come_from_the_pool_in_both_phrasings() -> None:
     rows = instruction_rows(len(split()[1]), seed=0)
     assert len({row["output"] for row in rows}) == len(split()[1])
-    assert any(row["instruction"].startswith("Please provide a self-contained Python script") for row in rows)
+    assert any(row["instruction"].startswith("Complete the following") for row in rows)
     assert any(row["instruction"].startswith("Write a Python function") for row in rows)
     with pytest.raises(ValueError, match="embedded_num_samples"):
         instruction_rows(len(split()[1]) + 1, seed=0)
