@@ -201,12 +201,17 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(f
     torch.testing.assert_close(logged_losses(resumed), logged_losses(trained), rtol=0, atol=1e-4)
     assert abs(resumed["metrics"]["train/final_loss"] - trained["metrics"]["train/final_loss"]) < 1e-4
     assert resumed["metrics"]["train/total_tokens"] == trained["metrics"]["train/total_tokens"]
-    weights = [
+    resumed_weights, trained_weights = (
         load_file(Path(run["outputs"]["adapter_dir"]) / "adapter_model.safetensors") for run in (resumed, trained)
-    ]
-    assert weights[0].keys() == weights[1].keys()
-    for name in weights[0]:
-        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-6)
+    )
+    at_checkpoint = load_file(checkpoint / "adapter_model.safetensors")
+    assert resumed_weights.keys() == trained_weights.keys() == at_checkpoint.keys()
+    # Measured against how far the last steps moved each tensor: float32 sums can round one Adam
+    # element apart (seen: 4e-6 of 2,048), where a lost optimizer state or data order moves them all.
+    for name, weight in resumed_weights.items():
+        moved = (trained_weights[name] - at_checkpoint[name]).norm()
+        assert moved > 0, name
+        assert (weight - trained_weights[name]).norm() <= 1e-2 * moved, name
 
 
 def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
