@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import sys
@@ -167,6 +168,9 @@ def run_pipeline(
                 if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # papermill writing the notebook
                     failure = disk_full(executed_notebook(run_dir, stage, "failed"))
             except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; close the runs it leaves
+                # nbclient's task that watches the kernel then finds it gone, and asyncio would print that
+                # task's DeadKernelError with its traceback when the task is collected: nothing to act on.
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
                 echo("")
                 interrupted = _file_away(running, executed_notebook(run_dir, stage, "interrupted"))
                 tracking.end_run(params, stage_run_id, "KILLED", notebook=interrupted)
