@@ -57,6 +57,42 @@ def _stop_criteria(tokenizer, prompt_length: int, stop_sequences: list[tuple[str
     return StoppingCriteriaList([StopSequences()])
 
 
+def _growing_cache(config):
+    """transformers' DynamicCache whose full-attention layers grow into spare room, doubled when full.
+
+    DynamicCache concatenates each new token's keys and values onto copies of all the earlier ones:
+    on a CPU those copies took 44% of a decoding step of 16 rows (SmolLM2-135M). Here a step writes
+    one position in place and attention reads a view of the filled part; the values are the same.
+    """
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.filled, self.room = 0, None
+            end = self.filled + key_states.shape[-2]
+            if self.room is None or end > self.room[0].shape[-2]:
+                shape = (*key_states.shape[:-2], max(end, 2 * self.filled), key_states.shape[-1])
+                room = tuple(torch.empty(shape, dtype=states.dtype, device=states.device)
+                             for states in (key_states, value_states))
+                if self.filled:
+                    for new, old in zip(room, self.room):
+                        new[..., : self.filled, :] = old[..., : self.filled, :]
+                self.room = room
+            self.room[0][..., self.filled : end, :] = key_states
+            self.room[1][..., self.filled : end, :] = value_states
+            self.filled = end
+            self.keys, self.values = (states[..., :end, :] for states in self.room)
+            return self.keys, self.values
+
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 def _generation_config(params: Params, tokenizer, stop_sequences: set[str]):
     from transformers import GenerationConfig
 
@@ -147,6 +183,7 @@ def _generate_round(model, tokenizer, config, batch, prompts, generated, request
             attention_mask=attention_mask.to(model.device),
             generation_config=round_config,
             stopping_criteria=_stop_criteria(tokenizer, width - before, stops),
+            cache=_growing_cache(model.config),
         )
     end_ids = set(config.eos_token_id)
     ended = []
@@ -258,6 +295,8 @@ def decoding(params: Params, engine: str) -> dict[str, Any]:
         settings.update(temperature=params.eval_temperature, top_p=params.eval_top_p, top_k=SAMPLING_TOP_K)
     if engine == "transformers":
         settings["batch_size"] = params.eval_batch_size
+    else:
+        settings.update(sequences_together=params.eval_batch_size, flash_attention=True)
     return settings
 
 
@@ -366,7 +405,10 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
     loaded_base = None
     for variant in variants:
         if variant.startswith(GGUF_VARIANT_PREFIX):
-            with llama_model(sources[variant], n_ctx=context_lengths[prompt_formats[variant]]) as llama:
+            # Flash attention: decoding 16 sequences together ran 1.4x faster with it on a CPU here. It
+            # is llama.cpp's own default; llama-cpp-python turns it off.
+            with llama_model(sources[variant], n_ctx=context_lengths[prompt_formats[variant]],
+                             flash_attn=True) as llama:
                 score_variant(variant, functools.partial(gguf_texts, llama, params=params), "llama.cpp")
             continue
         model = _hf_model(variant, sources[variant], base_model, params, tokenizer, loaded_base)

@@ -392,3 +392,20 @@ def test_mbpp_training_and_validation_chats_come_from_their_own_splits(tmp_path,
     assert (user["role"], user["content"]) == ("user", mbpp_task(packaged))
     assert assistant["role"] == "assistant"
     assert extract_code(assistant["content"]).strip() == packaged["code"].replace("\r\n", "\n").strip()
+
+
+def test_the_growing_cache_generates_what_transformers_own_cache_does(
+    smoke_params: Params, tiny_model_and_tokenizer, monkeypatch
+) -> None:
+    """Keys and values written in place into spare room, doubled when full, give DynamicCache's texts."""
+    from transformers import DynamicCache
+
+    import kit.evaluate
+
+    model, tokenizer = tiny_model_and_tokenizer
+    params = smoke_params.model_copy(update={"eval_batch_size": 3, "eval_max_new_tokens": 40, "eval_limit": 6})
+    problems = load_benchmark("humaneval", params, "base")[:6]
+    growing = generate_texts(model, tokenizer, problems, params)
+    monkeypatch.setattr(kit.evaluate, "_growing_cache", lambda config: DynamicCache(config=config))
+    assert generate_texts(model, tokenizer, problems, params) == growing
+    assert any(len(texts[0]) > 20 for texts in growing)
