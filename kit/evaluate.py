@@ -69,22 +69,21 @@ def _growing_cache(config):
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
+        room: tuple | None = None  # keys and values with spare positions; self.keys and self.values view them
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self.filled, self.room = 0, None
-            end = self.filled + key_states.shape[-2]
+            filled = self.get_seq_length()
+            end = filled + key_states.shape[-2]
             if self.room is None or end > self.room[0].shape[-2]:
-                shape = (*key_states.shape[:-2], max(end, 2 * self.filled), key_states.shape[-1])
-                room = tuple(torch.empty(shape, dtype=states.dtype, device=states.device)
-                             for states in (key_states, value_states))
-                if self.filled:
-                    for new, old in zip(room, self.room):
-                        new[..., : self.filled, :] = old[..., : self.filled, :]
-                self.room = room
-            self.room[0][..., self.filled : end, :] = key_states
-            self.room[1][..., self.filled : end, :] = value_states
-            self.filled = end
+                shape = (*key_states.shape[:-2], max(end, 2 * filled), key_states.shape[-1])
+                self.room = tuple(torch.empty(shape, dtype=states.dtype, device=states.device)
+                                  for states in (key_states, value_states))
+                if filled:
+                    self.room[0][..., :filled, :], self.room[1][..., :filled, :] = self.keys, self.values
+            self.room[0][..., filled:end, :] = key_states
+            self.room[1][..., filled:end, :] = value_states
             self.keys, self.values = (states[..., :end, :] for states in self.room)
             return self.keys, self.values
 
@@ -287,6 +286,16 @@ def score_benchmark(
     return scores, problem_rows
 
 
+# Flash attention in llama.cpp's generation: decoding 16 sequences together ran 1.4x faster with it on a
+# CPU here. It is llama.cpp's own default; llama-cpp-python turns it off.
+LLAMA_FLASH_ATTENTION = True
+
+
+def generation_llama(path: str | Path, context_length: int):
+    """A GGUF file in llama.cpp, set up to generate as the evaluate stage does."""
+    return llama_model(Path(path), n_ctx=context_length, flash_attn=LLAMA_FLASH_ATTENTION)
+
+
 def decoding(params: Params, engine: str) -> dict[str, Any]:
     """How a variant's completions were decoded, as recorded beside its scores."""
     greedy = params.eval_num_samples == 1
@@ -296,7 +305,7 @@ def decoding(params: Params, engine: str) -> dict[str, Any]:
     if engine == "transformers":
         settings["batch_size"] = params.eval_batch_size
     else:
-        settings.update(sequences_together=params.eval_batch_size, flash_attention=True)
+        settings.update(sequences_together=params.eval_batch_size, flash_attention=LLAMA_FLASH_ATTENTION)
     return settings
 
 
@@ -405,10 +414,7 @@ def run_evaluate(params: Params, upstream: dict[str, dict] | None, out_dir: Path
     loaded_base = None
     for variant in variants:
         if variant.startswith(GGUF_VARIANT_PREFIX):
-            # Flash attention: decoding 16 sequences together ran 1.4x faster with it on a CPU here. It
-            # is llama.cpp's own default; llama-cpp-python turns it off.
-            with llama_model(sources[variant], n_ctx=context_lengths[prompt_formats[variant]],
-                             flash_attn=True) as llama:
+            with generation_llama(sources[variant], context_lengths[prompt_formats[variant]]) as llama:
                 score_variant(variant, functools.partial(gguf_texts, llama, params=params), "llama.cpp")
             continue
         model = _hf_model(variant, sources[variant], base_model, params, tokenizer, loaded_base)

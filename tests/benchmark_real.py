@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from kit.benchmarks import load_benchmark, prompt_format_for
-from kit.evaluate import evaluation_isolation, generate_texts, gguf_texts, score_benchmark
+from kit.evaluate import evaluation_isolation, generate_texts, generation_llama, gguf_texts, score_benchmark
 from kit.gguf_base import gguf_file
 from kit.gguf_export import CONVERTER
 from kit.models import load_causal_lm, load_tokenizer
 from kit.params import Params, load_params
-from kit.quantize import llama_model
 from kit.stage import STAGES, read_manifest
 
 from .benchmark_prepare import machine
@@ -136,8 +135,7 @@ def direct_base_humaneval(params: Params, run_dir: Path, out_dir: Path) -> dict[
     problems = load_benchmark("humaneval", params, prompt_format_for("base", params), tokenizer)
     longest_prompt = max(len(ids) for ids in tokenizer([problem.prompt for problem in problems])["input_ids"])
     started = time.perf_counter()
-    with llama_model(gguf_file(params.base_model), n_ctx=longest_prompt + params.eval_max_new_tokens,
-                     flash_attn=True) as llama:
+    with generation_llama(gguf_file(params.base_model), longest_prompt + params.eval_max_new_tokens) as llama:
         scores, rows = score_benchmark(functools.partial(gguf_texts, llama, params=params), problems, params,
                                        out_dir / "samples-direct-base-humaneval.jsonl", "shipped GGUF on humaneval")
     return {"scores": scores, "by_task": {row["task_id"]: row["pass@1"] for row in rows},
@@ -170,8 +168,7 @@ def engine_comparison(params: Params, run_dir: Path) -> list[dict[str, Any]]:
     model = load_causal_lm(merged_dir, params, quantize=False).eval()
     rows = [timed(f"transformers, merged, batches of {params.eval_batch_size}",
                   lambda: [samples[0] for samples in generate_texts(model, tokenizer, problems, params)])]
-    with llama_model(Path(q8_0), n_ctx=longest_prompt + params.eval_max_new_tokens,
-                     flash_attn=True) as llama:
+    with generation_llama(q8_0, longest_prompt + params.eval_max_new_tokens) as llama:
         rows.append(timed("llama.cpp, q8_0, one prompt at a time", lambda: one_at_a_time(llama)))
         rows.append(timed(f"llama.cpp, q8_0, {params.eval_batch_size} sequences together",
                           lambda: [samples[0] for samples in gguf_texts(llama, problems, params)]))
