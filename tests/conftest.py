@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded default's params, pointed at a per-session MLflow store and run folder."""
+"""Shared fixtures: the tiny default's files and params, pointed at a per-session MLflow store and run folder."""
 
 from __future__ import annotations
 
@@ -9,19 +9,32 @@ from typing import Any
 
 import pytest
 
-from kit.benchmarks import PACKAGED_MBPP
-from kit.params import Params, load_params
+from kit.core.benchmarks import PACKAGED_MBPP
+from kit.core.params import Params, load_params
+from kit.tiny import DEFAULT_FOLDER, TinySpec, build_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
 MBPP = PACKAGED_MBPP
+# The tiny default's files, where params/smoke.yaml names them.
+TINY_SPEC = TinySpec()
+TINY = DEFAULT_FOLDER.expanduser()
+TINY_MODEL = TINY / "model"
+TINY_ROWS = TINY / "train.jsonl"
+# The tiny default's tokenizer, committed: tests that need a tokenizer and no model load it.
+TINY_TOKENIZER = ROOT / "tests" / "assets" / "tiny-tokenizer"
 # What tools keep in a work tree (the interpreter's bytecode, pytest's, ruff's and hypothesis' caches,
 # the installed package's metadata); anything else a test leaves there fails it.
 TOOL_FOLDERS = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Before collection, which loads params/smoke.yaml: a few minutes the first time, then a no-op.
+    build_tiny(TINY, TINY_SPEC)
+
+
 def smoke_at(folder: Path, overrides: list[str]) -> Params:
-    """The embedded default with ``overrides``, writing its runs and prepared data under ``folder``."""
+    """The tiny default with ``overrides``, writing its runs and prepared data under ``folder``."""
     return load_params(SMOKE, [f"output_dir={folder}", f"dataset_prepared_path={folder / 'prepared'}", *overrides])
 
 
@@ -73,5 +86,5 @@ def leaves_the_work_tree_clean():
 
 @pytest.fixture()
 def smoke_params(tmp_path: Path) -> Params:
-    """The embedded default, writing into this test's folder."""
+    """The tiny default, writing into this test's folder."""
     return load_params(SMOKE, [f"output_dir={tmp_path / 'out'}", f"dataset_prepared_path={tmp_path / 'prepared'}"])

@@ -1,6 +1,6 @@
 """A train worker that also writes down the packed rows each rank trains on, for tests/test_distributed.py.
 
-Launched by ``kit.distributed.launch_train(..., worker="tests.ddp_rows_recorder")`` in place of the
+Launched by ``kit.train.distributed.launch_train(..., worker="tests.ddp_rows_recorder")`` in place of the
 kit's own worker, which it then runs unchanged.
 """
 
@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from kit import distributed, train
+from kit.train import stage as train
+from kit.train import worker
 
 
 def rows_seen_file(spec: Path, rank: int) -> Path:
@@ -29,4 +30,4 @@ class RecordingCollator(train.PackedRowsCollator):
 
 if __name__ == "__main__":
     train.PackedRowsCollator = RecordingCollator
-    sys.exit(distributed.main())
+    sys.exit(worker.main())

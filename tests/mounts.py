@@ -42,12 +42,13 @@ def run_over(kind: str, folder: Path, argv: list[str], size: str = "3m", **optio
 STAGE_SCRIPT = """
 import json, sys
 from pathlib import Path
-from kit.params import load_params
-from kit.stage import stage_function
+from kit.core.params import load_params
+from kit.pipeline.stage import stage_module
 stage, params_file, disk = sys.argv[1], sys.argv[2], Path(sys.argv[5])
 overrides, upstream = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 try:
-    stage_function(stage)(load_params(params_file, overrides), upstream, disk / stage)
+    run = getattr(stage_module(stage), f"run_{stage}")
+    run(load_params(params_file, overrides), upstream, disk / stage)
     error = ""
 except Exception as failure:
     error = f"{type(failure).__name__}: {failure}"

@@ -1,8 +1,8 @@
-"""The compare benchmark at a tiny size: what keeps `python -m tests.benchmark_compare` from rotting."""
+"""The compare benchmark at a tiny size: what keeps `python -m tests.benchmarks.compare` from rotting."""
 
 from __future__ import annotations
 
-from . import benchmark_compare as benchmark
+from .benchmarks import compare as benchmark
 
 
 def test_the_benchmark_runs_end_to_end_on_a_few_runs() -> None:

@@ -1,8 +1,8 @@
-"""The generation benchmark at a tiny size: what keeps `python -m tests.benchmark_generate` from rotting."""
+"""The generation benchmark at a tiny size: what keeps `python -m tests.benchmarks.generate` from rotting."""
 
 from __future__ import annotations
 
-from . import benchmark_generate as benchmark
+from .benchmarks import generate as benchmark
 
 
 def test_the_benchmark_runs_end_to_end_on_a_few_prompts() -> None:
@@ -22,7 +22,7 @@ def test_the_benchmark_runs_end_to_end_on_a_few_prompts() -> None:
 
 
 def test_where_two_completions_part_is_counted_in_tokens() -> None:
-    from kit.models import load_tokenizer, resolve_base_model
+    from kit.core.models import load_tokenizer, resolve_base_model
 
     params = benchmark.benchmark_params(1, 4)
     tokenizer = load_tokenizer(resolve_base_model(params), params)

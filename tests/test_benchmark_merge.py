@@ -1,10 +1,10 @@
-"""The merge benchmark on a one-step adapter: what keeps `python -m tests.benchmark_merge` from rotting."""
+"""The merge benchmark on a one-step adapter: what keeps `python -m tests.benchmarks.merge` from rotting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import benchmark_merge as benchmark
+from .benchmarks import merge as benchmark
 
 
 def test_the_benchmark_runs_end_to_end_on_a_one_step_adapter(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""The prepare benchmark's pieces, on tiny inputs: what keeps `python -m tests.benchmark_prepare` from rotting."""
+"""The prepare benchmark's pieces, on tiny inputs: what keeps `python -m tests.benchmarks.prepare` from rotting."""
 
 from __future__ import annotations
 
-from . import benchmark_prepare as benchmark
+from .benchmarks import prepare as benchmark
 
 
 def test_padding_to_the_longest_counts_each_batchs_padding():

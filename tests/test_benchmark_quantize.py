@@ -1,10 +1,10 @@
-"""The quantize benchmark at a tiny size: what keeps `python -m tests.benchmark_quantize` from rotting."""
+"""The quantize benchmark at a tiny size: what keeps `python -m tests.benchmarks.quantize` from rotting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import benchmark_quantize as benchmark
+from .benchmarks import quantize as benchmark
 
 TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4}
 
@@ -23,6 +23,6 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     assert metrics["gguf/q4_k_m/size_mb"] < metrics["gguf/q8_0/size_mb"] < metrics["gguf/f16/size_mb"]
     assert all(metrics[f"gguf/{gguf_type}/seconds"] > 0 for gguf_type in larger["types"])
     report = benchmark.render_report(result)
-    assert "## Embedded default" in report and "## Larger Llama, 1 training steps" in report
+    assert "## Tiny default" in report and "## Larger Llama, 1 training steps" in report
     assert "| q4_k_m | " in report and report.count("- q4_k_m file at most 0.35x the f16 file: ") == 1
-    assert report.count("- f16 top-1 agreement >= 0.99: ") == 2  # the embedded default and the trained Llama
+    assert report.count("- f16 top-1 agreement >= 0.99: ") == 2  # the tiny default and the trained Llama

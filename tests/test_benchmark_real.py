@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.stage import read_manifest
+from kit.core.manifest import read_manifest
 
-from . import benchmark_real as benchmark
+from .benchmarks import real as benchmark
 
 CUT_DOWN = ("max_steps=2", "gradient_accumulation_steps=1", "sequence_len=256", "warmup_steps=0",
             "eval_limit=2", "eval_max_new_tokens=48")

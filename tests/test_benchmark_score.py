@@ -1,4 +1,4 @@
-"""The score benchmark's pieces, on a few samples: what keeps `python -m tests.benchmark_score` from rotting."""
+"""The score benchmark's pieces, on a few samples: what keeps `python -m tests.benchmarks.score` from rotting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from . import benchmark_score as benchmark
+from .benchmarks import score as benchmark
 
 
 def test_differing_verdicts_stop_the_benchmark_naming_the_line() -> None:

@@ -1,4 +1,4 @@
-"""The train benchmark's pieces, on tiny inputs: what keeps `python -m tests.benchmark_train` from rotting."""
+"""The train benchmark's pieces, on tiny inputs: what keeps `python -m tests.benchmarks.train` from rotting."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kit.formats import IGNORE_INDEX
+from kit.core.formats import IGNORE_INDEX
 
-from . import benchmark_train as benchmark
+from .benchmarks import train as benchmark
 
 TASKS = [
     {"instruction": "Add two numbers.", "input": "", "output": "def add(a, b):\n    return a + b\n"},
@@ -24,7 +24,7 @@ def words(row: dict[str, str]) -> int:
 
 
 def test_the_plain_collator_pads_packed_rows_as_the_kit_does():
-    from kit.train import PackedRowsCollator
+    from kit.train.stage import PackedRowsCollator
 
     rows = [
         {"input_ids": [5, 6, 7, 8, 9], "labels": [IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9],

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kit.compare import load_comparison
-from kit.report import write_report
-from kit.runner import run_pipeline
+from kit.pipeline.compare import load_comparison
+from kit.pipeline.report import write_report
+from kit.pipeline.runner import run_pipeline
 
 from .conftest import ROOT, SMOKE
 from .mlflow_runs import log_pipeline_run

@@ -14,13 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kit.cli import main
-from kit.compare import load_comparison
-from kit.report import log_report, write_report
+from kit.pipeline.compare import load_comparison
+from kit.pipeline.report import log_report, write_report
 
 from .conftest import ROOT
 from .mlflow_runs import VARIANTS, log_pipeline_run, pass_at_1
 
-PARAMS = {"base_model": "embedded:tiny-llama", "learning_rate": 0.001, "lora_r": 8, "seed": 42}
+PARAMS = {"base_model": "tiny-llama", "learning_rate": 0.001, "lora_r": 8, "seed": 42}
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kit.benchmarks import humaneval_problems, mbpp_problems
-from kit.decontaminate import (
+from kit.core.benchmarks import humaneval_problems, humaneval_task_file, mbpp_problems
+from kit.core.params import Params, load_params
+from kit.prepare.decontaminate import (
     ContaminationIndex,
     build_index,
     contamination_report,
     find_contaminated,
-    humaneval_texts,
+    task_file_texts,
     words,
 )
-from kit.params import Params, load_params
 
 from .conftest import MBPP, SMOKE
 
@@ -31,14 +31,14 @@ FILLER = "zzfiller"  # in no benchmark, so windows that reach into it never matc
 
 
 def _params(**overrides: object) -> Params:
-    """The embedded default, checked against both benchmarks unless a test says otherwise."""
+    """The tiny default, checked against both benchmarks unless a test says otherwise."""
     overrides = {"dataset_decontamination_benchmarks": "[humaneval, mbpp]", **overrides}
     return load_params(SMOKE, [f"{key}={value}" for key, value in overrides.items()])
 
 
 @functools.cache
 def _humaneval_index(ngram: int) -> ContaminationIndex:
-    return ContaminationIndex.from_texts(humaneval_texts(), ngram)
+    return ContaminationIndex.from_texts(task_file_texts("humaneval", humaneval_task_file()), ngram)
 
 
 @pytest.fixture(scope="module")

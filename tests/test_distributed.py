@@ -16,10 +16,12 @@ import torch
 from datasets import load_from_disk
 from mlflow.tracking import MlflowClient
 
-from kit import cli, distributed, tracking
-from kit.params import ParamsError
-from kit.prepare import run_prepare
-from kit.train import run_train
+from kit import cli
+from kit.core import tracking
+from kit.core.params import ParamsError
+from kit.prepare.stage import run_prepare
+from kit.train import distributed
+from kit.train.stage import run_train
 
 from .conftest import SMOKE, logged_losses
 from .conftest import smoke_at as smoke
@@ -57,7 +59,8 @@ def two_processes(folder, prepared):
 
 @pytest.fixture(scope="module")
 def one_process(folder, prepared):
-    return run_train(smoke(folder, [*EPOCH, f"micro_batch_size={MICRO_BATCH * PROCESSES}"]), prepared, folder / "one")
+    params = smoke(folder, [*EPOCH, f"micro_batch_size={MICRO_BATCH * PROCESSES}"])
+    return run_train(params, {"prepare": prepared}, folder / "one")
 
 
 def test_each_row_is_trained_on_once_per_epoch_across_the_ranks(folder, prepared, two_processes):
@@ -113,9 +116,9 @@ def test_rank_zero_alone_logs_and_writes_the_adapter(folder, two_processes):
 
 def test_run_train_launches_processes_when_the_params_ask(tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr("kit.train.launch_train", lambda *args: launched.append(args) or {"stage": "train"})
+    monkeypatch.setattr("kit.train.stage.launch_train", lambda *args: launched.append(args) or {"stage": "train"})
     params = smoke(tmp_path, ["train_num_processes=2"])
-    assert run_train(params, {"outputs": {}}, tmp_path / "train") == {"stage": "train"}
+    assert run_train(params, {"prepare": {"outputs": {}}}, tmp_path / "train") == {"stage": "train"}
     assert launched == [(params, {"outputs": {}}, tmp_path / "train")]
 
 
@@ -129,7 +132,7 @@ def test_the_process_count_comes_from_the_params_or_an_accelerate_config(tmp_pat
     command = distributed.launch_command(from_config, tmp_path / "launch.json")
     assert command[command.index("--config_file") + 1] == str(config)
     assert command[command.index("--num_processes") + 1] == "3"
-    assert command[-3:] == ["-m", "kit.distributed", str(tmp_path / "launch.json")]
+    assert command[-3:] == ["-m", "kit.train.worker", str(tmp_path / "launch.json")]
     with pytest.raises(ParamsError, match="train_accelerate_config"):
         smoke(tmp_path, [f"train_accelerate_config={tmp_path / 'missing.yaml'}"])
 
@@ -146,7 +149,7 @@ def test_kit_train_prepares_and_trains_into_the_run_folder(tmp_path, capsys):
 
 
 def test_kit_run_trains_the_notebook_stage_in_two_processes(tmp_path):
-    from kit.runner import run_pipeline
+    from kit.pipeline.runner import run_pipeline
 
     experiment = "distributed-pipeline"
     overrides = [f"output_dir={tmp_path}", f"dataset_prepared_path={tmp_path / 'prepared'}", "max_steps=2",

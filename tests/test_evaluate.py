@@ -1,4 +1,4 @@
-"""pass@k, prompts and stop sequences, variants, and the evaluate stage end to end on the embedded tiny model."""
+"""pass@k, prompts and stop sequences, variants, and the evaluate stage end to end on the tiny default's model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.benchmarks import (
+from kit.core.benchmarks import (
     HUMANEVAL_STOP_SEQUENCES,
     MBPP_STOP_SEQUENCES,
     humaneval_problems,
@@ -19,14 +19,15 @@ from kit.benchmarks import (
     mbpp_problems,
     truncate_at_stop,
 )
-from kit.evaluate import failing_completions, pass_fail_grid, results_table, run_evaluate, styled_grid
-from kit.gguf_export import export_gguf
-from kit.merge import run_merge
-from kit.params import Params, ParamsError, load_params
-from kit.sandbox import ExecutionResult, isolation
-from kit.score import pass_at_k, verdict
+from kit.core.params import Params, ParamsError, load_params
+from kit.evaluate.sandbox import ExecutionResult, isolation
+from kit.evaluate.score import pass_at_k, verdict
+from kit.evaluate.stage import run_evaluate
+from kit.evaluate.views import failing_completions, pass_fail_grid, results_table, styled_grid
+from kit.merge.stage import run_merge
+from kit.quantize.gguf_export import export_gguf
 
-from .conftest import MBPP, SMOKE, smoke_at
+from .conftest import MBPP, SMOKE, TINY_TOKENIZER, smoke_at
 from .test_merge import lora_trained_manifest
 
 # --- pass@k ------------------------------------------------------------------------------------
@@ -170,35 +171,29 @@ def test_eval_limit_takes_the_first_problems(smoke_params: Params) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kit.embedded import build_base_model
-    from kit.params import load_params
+def tiny_model() -> Path:
+    from .conftest import TINY_MODEL
 
-    from .conftest import SMOKE
-
-    params = load_params(SMOKE, [f"output_dir={tmp_path_factory.mktemp('unused')}"])
-    return build_base_model(params)
+    return TINY_MODEL
 
 
-def test_completions_keep_the_first_lines_indentation(embedded_model: Path, smoke_params: Params) -> None:
-    from kit.evaluate import decoded_continuation
-    from kit.models import load_tokenizer
+def test_completions_keep_the_first_lines_indentation(smoke_params: Params) -> None:
+    from kit.core.generate import decoded_continuation
+    from kit.core.models import load_tokenizer
 
-    tokenizer = load_tokenizer(str(embedded_model), smoke_params)
+    tokenizer = load_tokenizer(str(TINY_TOKENIZER), smoke_params)
     prompt = tokenizer("def f(x):\n")["input_ids"]
     completion = tokenizer("    return x\n", add_special_tokens=False)["input_ids"]
     assert decoded_continuation(tokenizer, prompt + completion, len(prompt)) == "    return x\n"
 
 
-def test_generation_stops_each_row_at_its_own_stop_sequence(
-    embedded_model: Path, smoke_params: Params
-) -> None:
+def test_generation_stops_each_row_at_its_own_stop_sequence(smoke_params: Params) -> None:
     import torch
 
-    from kit.evaluate import _stop_criteria
-    from kit.models import load_tokenizer
+    from kit.core.models import load_tokenizer
+    from kit.evaluate.stage import _stop_criteria
 
-    tokenizer = load_tokenizer(str(embedded_model), smoke_params)
+    tokenizer = load_tokenizer(str(TINY_TOKENIZER), smoke_params)
     prompt = tokenizer("def f(x):\n")["input_ids"]
     finished = tokenizer("    return x\n\ndef g", add_special_tokens=False)["input_ids"]
     going = tokenizer("    return x", add_special_tokens=False)["input_ids"]
@@ -275,7 +270,7 @@ def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path)
     }.items():
         setattr(smoke_params, key, value)  # validated as a params file is
     trained = lora_trained_manifest(smoke_params, tmp_path)
-    merged = run_merge(smoke_params, trained, tmp_path / "merge")
+    merged = run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
     quantized = _quantize_manifest(Path(merged["outputs"]["model_dir"]), tmp_path)
     upstream = {"train": trained, "merge": merged, "quantize": quantized}
     with mlflow.start_run() as run:
@@ -356,7 +351,7 @@ def test_run_evaluate_scores_every_variant(smoke_params: Params, tmp_path: Path)
     assert all(result.startswith(("failed", "timed out")) for result in failing["result"])
 
 
-def test_run_evaluate_samples_a_full_fine_tune_and_a_gguf_file(embedded_model: Path, tmp_path: Path) -> None:
+def test_run_evaluate_samples_a_full_fine_tune_and_a_gguf_file(tiny_model: Path, tmp_path: Path) -> None:
     params = smoke_at(
         tmp_path,
         [
@@ -371,8 +366,8 @@ def test_run_evaluate_samples_a_full_fine_tune_and_a_gguf_file(embedded_model: P
         ],
     )
     upstream = {
-        "train": _train_manifest(embedded_model, model_dir=embedded_model),
-        "quantize": _quantize_manifest(embedded_model, tmp_path),
+        "train": _train_manifest(tiny_model, model_dir=tiny_model),
+        "quantize": _quantize_manifest(tiny_model, tmp_path),
     }
     manifest = run_evaluate(params, upstream, tmp_path / "evaluate")
     results = json.loads(Path(manifest["outputs"]["results"]).read_text())

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.formats import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, IGNORE_INDEX, render, tokenize
-from kit.models import load_tokenizer, resolve_base_model
-from kit.params import DatasetSpec, UserFormat, load_params
-from kit.sources import BadData
-from tests.conftest import SMOKE
+from kit.core.formats import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, IGNORE_INDEX, render, tokenize
+from kit.core.models import load_tokenizer
+from kit.core.params import DatasetSpec, UserFormat, load_params
+from kit.core.sources import BadData
+from tests.conftest import SMOKE, TINY_TOKENIZER
 
 CONVERSATION = [
     {"role": "system", "content": "Answer with code."},
@@ -25,8 +25,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    params = load_params(SMOKE)
-    return load_tokenizer(resolve_base_model(params), params)
+    return load_tokenizer(str(TINY_TOKENIZER), load_params(SMOKE))
 
 
 def runs(sample: dict[str, list[int]], tokenizer) -> list[tuple[str, bool]]:

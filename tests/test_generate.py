@@ -8,28 +8,27 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
-from kit.embedded import build_instruction_dataset
-from kit.formats import ALPACA_NO_INPUT, prompt_text, render, tokenize
-from kit.generate import generate_answers
-from kit.models import load_tokenizer
-from kit.params import DatasetSpec, Params, load_params
-from kit.prepare import run_prepare
-from kit.train import run_train
+from kit.core.formats import ALPACA_NO_INPUT, prompt_text, render, tokenize
+from kit.core.generate import generate_answers
+from kit.core.models import load_tokenizer
+from kit.core.params import DatasetSpec, Params, load_params
+from kit.prepare.stage import run_prepare
+from kit.train.stage import run_train
 
-from .conftest import SMOKE
+from .conftest import SMOKE, TINY_ROWS
 
 PROMPT = "Write a function that returns the sum of a list of numbers."
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, dict]:
-    """(overrides, run folder, train manifest): two real training steps of the embedded default."""
+    """(overrides, run folder, train manifest): two real training steps of the tiny default."""
     folder = tmp_path_factory.mktemp("generate")
     overrides = [f"output_dir={folder / 'out'}", f"dataset_prepared_path={folder / 'prepared'}", "max_steps=2",
                  "val_set_size=0"]
     params = load_params(SMOKE, overrides)
     run_dir = folder / "run"
-    trained = run_train(params, run_prepare(params, None, run_dir / "prepare"), run_dir / "train")
+    trained = run_train(params, {"prepare": run_prepare(params, None, run_dir / "prepare")}, run_dir / "train")
     return overrides, run_dir, trained
 
 
@@ -37,7 +36,7 @@ def test_alpaca_prompts_are_axolotls_no_input_prompt_as_tokens_training_saw(trai
     _, _, trained = trained_run
     tokenizer = load_tokenizer(trained["outputs"]["tokenizer_dir"], smoke_params)
     spec = smoke_params.datasets[0]
-    row = json.loads(build_instruction_dataset(smoke_params).read_text().splitlines()[0])
+    row = json.loads(TINY_ROWS.read_text().splitlines()[0])
     prompt = prompt_text(spec, tokenizer, row["instruction"])
     assert spec.type == "alpaca" and prompt == ALPACA_NO_INPUT.format(instruction=row["instruction"])
     # Generation starts from the very token ids a training sample has before its response.

@@ -1,4 +1,4 @@
-"""A GGUF file as a base model (kit.gguf_base): turned into a Hugging Face folder that computes what the
+"""A GGUF file as a base model (kit.core.gguf_base): turned into a Hugging Face folder that computes what the
 model it came from computes, tokenizes as it did, and is made once."""
 
 from __future__ import annotations
@@ -11,29 +11,27 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kit.embedded import build_base_model
-from kit.gguf_base import SOURCE, gguf_file, hf_folder_from_gguf
-from kit.gguf_export import export_gguf
-from kit.merge import causal_lm_logits, held_out_token_ids
-from kit.models import resolve_base_model
-from kit.params import ParamsError, load_params
-from kit.quantize import llama_model
+from kit.core.gguf_base import SOURCE, gguf_file, hf_folder_from_gguf
+from kit.core.llama import llama_model
+from kit.core.logits import causal_lm_logits, held_out_token_ids
+from kit.core.models import resolve_base_model
+from kit.core.params import ParamsError, load_params
+from kit.quantize.gguf_export import export_gguf
 
-from .conftest import SMOKE
+from .conftest import SMOKE, TINY_MODEL
 from .test_quantize import VARIED_TEXTS
 
 
 @pytest.fixture(scope="module")
-def embedded_as_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The embedded base model's folder, and the same model as an f32 GGUF file."""
-    base = build_base_model(load_params(SMOKE))
-    return base, export_gguf(base, tmp_path_factory.mktemp("gguf") / "embedded-f32.gguf", "f32")
+def tiny_as_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny default's model folder, and the same model as an f32 GGUF file."""
+    return TINY_MODEL, export_gguf(TINY_MODEL, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", "f32")
 
 
 def test_the_folder_made_from_a_gguf_file_computes_and_tokenizes_as_the_model_it_came_from(
-    embedded_as_gguf, tmp_path
+    tiny_as_gguf, tmp_path
 ):
-    base, gguf = embedded_as_gguf
+    base, gguf = tiny_as_gguf
     folder = hf_folder_from_gguf(gguf, cache=tmp_path)
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", SOURCE} <= {
         path.name for path in folder.iterdir()}
@@ -50,13 +48,13 @@ def test_the_folder_made_from_a_gguf_file_computes_and_tokenizes_as_the_model_it
         np.testing.assert_allclose(have, want, atol=1e-4)
 
 
-def test_a_gguf_file_is_turned_once_and_found_by_its_hash(embedded_as_gguf, tmp_path, monkeypatch, capsys):
-    _, gguf = embedded_as_gguf
+def test_a_gguf_file_is_turned_once_and_found_by_its_hash(tiny_as_gguf, tmp_path, monkeypatch, capsys):
+    _, gguf = tiny_as_gguf
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
     params = load_params(SMOKE, [f"base_model={gguf}"])
     folder = Path(resolve_base_model(params))
     assert folder.parent == tmp_path / "cache" / "gguf-models"
-    assert "turning embedded-f32.gguf into a Hugging Face model folder" in capsys.readouterr().out
+    assert "turning tiny-f32.gguf into a Hugging Face model folder" in capsys.readouterr().out
     moved = tmp_path / "renamed.gguf"  # the same bytes elsewhere: the same folder, not made again
     moved.write_bytes(gguf.read_bytes())
     assert Path(resolve_base_model(load_params(SMOKE, [f"base_model={moved}"]))) == folder

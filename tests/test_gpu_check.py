@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from tests import gpu_check
-from tests.gpu_check import (
+from kit.pipeline import gpu_check
+from kit.pipeline.gpu_check import (
     CODE_LLAMA_7B,
     datasheet_tflops,
     linear_parameters,
@@ -17,8 +17,6 @@ from tests.gpu_check import (
     sample_lengths,
     training_flops_per_token,
 )
-
-from .conftest import ROOT
 
 
 def test_code_llama_7b_has_its_published_parameter_count():
@@ -68,7 +66,8 @@ def test_without_a_gpu_it_says_so_and_dry_runs_its_logic(tmp_path, capsys):
             assert cells[7:] == ["adamw_torch (instead of paged_adamw_32bit)", "sdpa", "float32", "none |"]
 
 
-def test_kit_gpu_check_hands_its_options_to_the_check():
-    result = subprocess.run([sys.executable, "-m", "kit.cli", "gpu-check", "--help"], cwd=ROOT,
+def test_kit_gpu_check_hands_its_options_to_the_check(tmp_path):
+    # From another folder: the check comes with the package, not with the project folder.
+    result = subprocess.run([sys.executable, "-m", "kit.cli", "gpu-check", "--help"], cwd=tmp_path,
                             capture_output=True, text=True, check=True)
     assert "--mean-sample-tokens" in result.stdout and "--skip-smoke" in result.stdout

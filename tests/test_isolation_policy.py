@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from kit import sandbox
-from kit.benchmarks import humaneval_problems
 from kit.cli import main
-from kit.evaluate import evaluation_isolation, run_evaluate
-from kit.params import Params
-from kit.sandbox import WeakIsolationError, checked_isolation, isolation, run_program, strongest_isolation
-from kit.score import default_out_path, score_samples
+from kit.core.benchmarks import humaneval_problems
+from kit.core.params import Params
+from kit.evaluate import sandbox
+from kit.evaluate.sandbox import WeakIsolationError, checked_isolation, isolation, run_program, strongest_isolation
+from kit.evaluate.score import default_out_path, score_samples
+from kit.evaluate.stage import evaluation_isolation, run_evaluate
 
 from .conftest import SMOKE
 

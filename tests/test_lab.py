@@ -1,5 +1,5 @@
 """`kit lab`: working copies of the notebooks take JupyterLab's saves, the tracked ones stay as
-committed (kit.lab); a working copy's kernel resolves paths from where kit lab ran (kit.stage)."""
+committed (kit.pipeline.lab); a working copy's kernel resolves paths from where kit lab ran (kit.pipeline.stage)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kit.lab import write_working_copies
-from kit.params import load_params
-from kit.stage import NOTEBOOKS, enter_work_dir
+from kit.core.params import load_params
+from kit.pipeline.lab import write_working_copies
+from kit.pipeline.stage import NOTEBOOKS, enter_work_dir
 
 from .conftest import ROOT, SMOKE
 

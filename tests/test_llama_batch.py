@@ -1,4 +1,4 @@
-"""Batched llama.cpp generation (kit.llama_batch) against llama-cpp-python's own one-prompt-at-a-time API."""
+"""Batched llama.cpp generation (kit.evaluate.llama_batch) against llama-cpp-python's own one-prompt-at-a-time API."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from kit.benchmarks import HUMANEVAL_STOP_SEQUENCES, load_benchmark, truncate_at_stop
-from kit.gguf_export import export_gguf
-from kit.llama_batch import Sampling, batched_texts
-from kit.models import resolve_base_model
-from kit.params import load_params
-from kit.quantize import llama_model
+from kit.core.benchmarks import HUMANEVAL_STOP_SEQUENCES, load_benchmark, truncate_at_stop
+from kit.core.llama import llama_model
+from kit.core.models import resolve_base_model
+from kit.core.params import load_params
+from kit.evaluate.llama_batch import Sampling, batched_texts
+from kit.quantize.gguf_export import export_gguf
 
 from .conftest import SMOKE
 
@@ -20,7 +20,7 @@ MAX_NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default's pretrained base (a SentencePiece Llama) as an f16 GGUF file."""
+    """The tiny default's pretrained base (a SentencePiece Llama) as an f16 GGUF file."""
     params = load_params(SMOKE, [f"output_dir={tmp_path_factory.mktemp('unused')}"])
     return export_gguf(Path(resolve_base_model(params)), tmp_path_factory.mktemp("gguf") / "model-f16.gguf", "f16")
 
@@ -78,8 +78,11 @@ def test_a_sampled_text_depends_on_its_seed_not_on_its_neighbours(tiny_gguf: Pat
         together = _batched(llama, prompts, slots=4, sampling=sampling)
         reseeded = _batched(llama, prompts, slots=4, sampling=Sampling(temperature=1.0, top_p=0.95, seed=8))
         greedy = _batched(llama, prompts, slots=4)
-    assert together == alone
-    assert reseeded != alone and greedy != alone
+    # A draw can land on the edge between two tokens, which float sums in another order (four sequences
+    # a step, not one) tip: one text in twelve did on an AMD EPYC. Neighbours that leaked into a sequence's
+    # draws would change nearly all of them, as another seed does.
+    assert sum(a == b for a, b in zip(together, alone)) >= len(prompts) - 1
+    assert sum(a != b for a, b in zip(reseeded, alone)) >= len(prompts) // 2 and greedy != alone
 
 
 def test_generation_ends_at_the_token_limit_or_a_stop(tiny_gguf: Path, prompts: list[str]) -> None:

@@ -16,20 +16,20 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kit.embedded import build_base_model
-from kit.formats import CHAT_TEMPLATES
-from kit.gguf_export import export_gguf
-from kit.merge import HELD_OUT_SNIPPETS, causal_lm_logits, compare_logits, held_out_token_ids, push_to_hub, run_merge
-from kit.models import load_causal_lm, load_tokenizer, save_tokenizer, with_adapter
-from kit.params import Params, ParamsError, environment_warnings
+from kit.core.formats import CHAT_TEMPLATES
+from kit.core.logits import HELD_OUT_SNIPPETS, causal_lm_logits, held_out_token_ids
+from kit.core.models import load_causal_lm, load_tokenizer, save_tokenizer, with_adapter
+from kit.core.params import Params, ParamsError, environment_warnings
+from kit.merge.stage import compare_logits, push_to_hub, run_merge
+from kit.quantize.gguf_export import export_gguf
 
-from .conftest import SMOKE, smoke_at
+from .conftest import SMOKE, TINY_MODEL, TINY_SPEC, smoke_at
 from .mounts import stage_on_a_small_disk
 
 
 def lora_trained_manifest(params: Params, folder: Path) -> dict:
     """What the train stage hands merge after a LoRA run: a seeded adapter that changes the outputs."""
-    base = build_base_model(params)
+    base = TINY_MODEL
     tokenizer = load_tokenizer(str(base), params)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(params.seed)
@@ -58,7 +58,7 @@ def snippet_logits(model, tokenizer, snippet: str) -> np.ndarray:
 def test_merged_model_reproduces_base_plus_adapter(tmp_path: Path) -> None:
     params = smoke_at(tmp_path, ["adapter=lora", "load_in_4bit=false"])  # LoRA on the fp32 base
     trained = lora_trained_manifest(params, tmp_path)
-    manifest = run_merge(params, trained, tmp_path / "merge")
+    manifest = run_merge(params, {"train": trained}, tmp_path / "merge")
 
     assert manifest["metrics"]["merge/max_abs_logit_diff"] < 1e-4
     assert manifest["metrics"]["merge/top1_agreement"] == 1.0
@@ -86,10 +86,10 @@ def test_merged_model_reproduces_base_plus_adapter(tmp_path: Path) -> None:
 
 def test_full_fine_tune_is_saved_in_merge_dtype(smoke_params: Params, tmp_path: Path) -> None:
     smoke_params.merge_dtype = "float16"
-    base = str(build_base_model(smoke_params))
+    base = str(TINY_MODEL)
     trained = {"stage": "train", "outputs": {"base_model": base, "adapter_dir": None, "model_dir": base,
                                              "tokenizer_dir": base}}
-    manifest = run_merge(smoke_params, trained, tmp_path / "merge")
+    manifest = run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
 
     model_dir = Path(manifest["outputs"]["model_dir"])
     with safe_open(model_dir / "model.safetensors", framework="pt") as weights:
@@ -105,11 +105,11 @@ def test_a_full_disk_names_the_model_folder_and_the_space_it_needs_and_leaves_no
 ) -> None:
     """A real 3 MB filesystem under merge's folder: the float32 model (about 9.6 MB) does not fit, which
     safetensors reports as its own error, not an OSError."""
-    base = str(build_base_model(smoke_params))
+    base = str(TINY_MODEL)
     trained = {"stage": "train", "outputs": {"base_model": base, "adapter_dir": None, "model_dir": base,
                                              "tokenizer_dir": base}}
     disk = tmp_path / "disk"
-    outcome = stage_on_a_small_disk("merge", SMOKE, trained, disk, size="3m")
+    outcome = stage_on_a_small_disk("merge", SMOKE, {"train": trained}, disk, size="3m")
     target = disk / "merge" / "model"
     assert re.fullmatch(rf"OSError: \[Errno 28\] no space left on the device writing {re.escape(str(target))} \(it "
                         r"needs at least (9|10) MB, 3 MB free there\); free some space or point output_dir to a larger "
@@ -120,14 +120,14 @@ def test_a_full_disk_names_the_model_folder_and_the_space_it_needs_and_leaves_no
 def test_added_tokens_survive_merge_and_gguf_export(smoke_params: Params, tmp_path: Path) -> None:
     smoke_params.tokens = ["<fill>"]
     trained = lora_trained_manifest(smoke_params, tmp_path)
-    manifest = run_merge(smoke_params, trained, tmp_path / "merge")
+    manifest = run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
     assert manifest["metrics"]["merge/top1_agreement"] == 1.0
 
     model_dir = Path(manifest["outputs"]["model_dir"])
     path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
     reader = gguf.GGUFReader(path)
     fill_id = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<fill>")
-    assert fill_id == smoke_params.embedded_vocab_size
+    assert fill_id == TINY_SPEC.vocab_size
     assert reader.get_field("tokenizer.ggml.tokens").contents(fill_id) == "<fill>"
     assert reader.get_field("tokenizer.ggml.token_type").contents(fill_id) == gguf.TokenType.USER_DEFINED
     llama = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False)
@@ -158,7 +158,7 @@ def test_qlora_merge_into_the_dequantized_base_reproduces_the_model_as_trained(
     token_ids = held_out_token_ids(tokenizer)
     trained_logits = causal_lm_logits(as_trained, token_ids)
 
-    dequantized = run_merge(smoke_params, trained, tmp_path / "dequantized")
+    dequantized = run_merge(smoke_params, {"train": trained}, tmp_path / "dequantized")
     assert dequantized["outputs"]["merge_base"] == "dequantized"
     assert dequantized["metrics"]["merge/max_abs_logit_diff"] < 1e-4
     model_dir = Path(dequantized["outputs"]["model_dir"])
@@ -171,7 +171,7 @@ def test_qlora_merge_into_the_dequantized_base_reproduces_the_model_as_trained(
     assert versus_trained["trained/top1_agreement"] == 1.0
 
     smoke_params.merge_base = "original"
-    original = run_merge(smoke_params, trained, tmp_path / "original")
+    original = run_merge(smoke_params, {"train": trained}, tmp_path / "original")
     assert original["outputs"]["merge_base"] == "original"
     assert original["metrics"]["merge/max_abs_logit_diff"] < 1e-4  # a faithful merge of the other base
     model_dir = Path(original["outputs"]["model_dir"])
@@ -201,20 +201,20 @@ def test_merge_stops_above_the_logit_bound_naming_key_and_value(smoke_params: Pa
     smoke_params.merge_max_logit_diff = 1e-3  # a float32 bound for a bfloat16 merge: its rounding exceeds it
     message = r"merge/max_abs_logit_diff ([\d.e-]+) is above merge_max_logit_diff 0\.001"
     with pytest.raises(RuntimeError, match=message) as failed:
-        run_merge(smoke_params, trained, tmp_path / "merge")
+        run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
     assert float(re.search(message, str(failed.value)).group(1)) > 1e-3
     assert not (tmp_path / "merge" / "model").exists() and not (tmp_path / "merge" / "manifest.json").exists()
 
     smoke_params.merge_max_logit_diff = None  # bfloat16's default bound passes the same merge
-    manifest = run_merge(smoke_params, trained, tmp_path / "merge")
+    manifest = run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
     assert 1e-3 < manifest["metrics"]["merge/max_abs_logit_diff"] < smoke_params.merge_logit_diff_limit
 
 
 def test_merged_folder_holds_safetensors_tokenizer_chat_template_and_generation_config(tmp_path: Path) -> None:
-    conversations = "datasets=[{path: embedded:code-instructions, type: chat_template, chat_template: chatml}]"
+    conversations = "datasets=[{path: ~/.cache/tunebook/tiny/train.jsonl, type: chat_template, chat_template: chatml}]"
     params = smoke_at(tmp_path, [conversations])
     trained = lora_trained_manifest(params, tmp_path)
-    model_dir = Path(run_merge(params, trained, tmp_path / "merge")["outputs"]["model_dir"])
+    model_dir = Path(run_merge(params, {"train": trained}, tmp_path / "merge")["outputs"]["model_dir"])
 
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model"} <= {
         path.name for path in model_dir.iterdir()
@@ -226,7 +226,7 @@ def test_merged_folder_holds_safetensors_tokenizer_chat_template_and_generation_
     saved = json.loads((model_dir / "generation_config.json").read_text())
     assert saved["bos_token_id"] == base.generation_config.bos_token_id
     assert saved["eos_token_id"] == base.generation_config.eos_token_id
-    # The template the model trained on, though the embedded tokenizer has none of its own.
+    # The template the model trained on, though the tiny tokenizer has none of its own.
     assert AutoTokenizer.from_pretrained(trained["outputs"]["base_model"]).chat_template is None
     assert AutoTokenizer.from_pretrained(model_dir).chat_template == CHAT_TEMPLATES["chatml"]
 
@@ -235,7 +235,7 @@ def test_hub_push_is_skipped_offline_saying_why(
     smoke_params: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     smoke_params.hub_model_id = "me/tiny-merged"  # HF_HUB_OFFLINE=1 in every test (conftest)
-    manifest = run_merge(smoke_params, lora_trained_manifest(smoke_params, tmp_path), tmp_path / "merge")
+    manifest = run_merge(smoke_params, {"train": lora_trained_manifest(smoke_params, tmp_path)}, tmp_path / "merge")
     message = "hub_model_id: HF_HUB_OFFLINE is set; the merged model is not pushed to me/tiny-merged"
     assert manifest["outputs"]["hub"] == {"repo_id": "me/tiny-merged", "pushed": False, "skipped": message}
     assert message in capsys.readouterr().out
@@ -281,7 +281,7 @@ def test_hub_push_uploads_the_merged_folder_to_a_private_repo(
     smoke_params.hub_model_id = "me/tiny-merged"
     assert not any(warning.startswith("hub_model_id") for warning in environment_warnings(smoke_params))
 
-    manifest = run_merge(smoke_params, lora_trained_manifest(smoke_params, tmp_path), tmp_path / "merge")
+    manifest = run_merge(smoke_params, {"train": lora_trained_manifest(smoke_params, tmp_path)}, tmp_path / "merge")
     model_dir = Path(manifest["outputs"]["model_dir"])
     (create, repo_id, options), (upload, uploaded_to, upload_options) = calls
     assert (create, repo_id, options["private"], options["exist_ok"]) == ("create_repo", "me/tiny-merged", True, True)

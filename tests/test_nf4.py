@@ -1,5 +1,5 @@
 """4-bit layers compute what their quantized weights say, in train and eval mode, on every CPU, and
-stay as loaded; the guard stops a base that does not (kit.nf4)."""
+stay as loaded; the guard stops a base that does not (kit.core.nf4)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from bitsandbytes.functional import dequantize_4bit
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerState
 
-from kit import nf4
-from kit.models import load_causal_lm
-from kit.train import nf4_guard
+from kit.core import nf4
+from kit.core.models import load_causal_lm
+from kit.train.stage import nf4_guard
 
 
 def _nf4_linear(seed: int = 0) -> bnb.nn.Linear4bit:
@@ -127,6 +127,6 @@ def test_a_4bit_base_kit_loads_never_repacks_and_saving_it_changes_nothing(tmp_p
 @pytest.mark.parametrize("offline", ["1", "0"], ids=["offline", "online"])
 def test_bitsandbytes_loaded_through_kit_says_nothing(offline):
     """On AVX-512 BF16 CPUs bitsandbytes asks the Hub for a kernel kit never runs, and logs its failure."""
-    done = subprocess.run([sys.executable, "-c", "import kit.nf4, bitsandbytes"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", "import kit.core.nf4, bitsandbytes"], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": offline})
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

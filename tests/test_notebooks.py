@@ -1,4 +1,4 @@
-"""Each stage notebook runs alone under plain papermill on the embedded default; every notebook is kept thin."""
+"""Each stage notebook runs alone under plain papermill on the tiny default; every notebook is kept thin."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import papermill
 import pytest
 
-from kit.stage import NOTEBOOKS, read_manifest
+from kit.core.manifest import read_manifest
+from kit.pipeline.stage import NOTEBOOKS
 
 from .conftest import ROOT, SMOKE
 

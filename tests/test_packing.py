@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.packing import _fullest_subset, minimum_slack_rows, repack_rows
+from kit.prepare.packing import _fullest_subset, minimum_slack_rows, repack_rows
 
 
 @settings(max_examples=200, deadline=None)

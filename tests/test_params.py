@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
-from kit.params import ParamsError, environment_warnings, load_params, parse_overrides
+from kit.core.params import ParamsError, environment_warnings, key_table, load_params, parse_overrides
 
 from .conftest import ROOT, SMOKE
 
@@ -94,9 +95,9 @@ def test_derived_values_live_in_the_schema():
 
 
 def test_eval_limit_is_one_number_or_one_per_benchmark():
-    assert load_params(SMOKE, ["eval_limit=3"]).eval_limit_for("embedded") == 3
+    assert load_params(SMOKE, ["eval_limit=3"]).eval_limit_for("tiny") == 3
     per_benchmark = load_params(SMOKE, ["eval_limit={humaneval: 2}"])
-    assert (per_benchmark.eval_limit_for("humaneval"), per_benchmark.eval_limit_for("embedded")) == (2, None)
+    assert (per_benchmark.eval_limit_for("humaneval"), per_benchmark.eval_limit_for("tiny")) == (2, None)
     with pytest.raises(ParamsError, match="eval_limit"):
         load_params(SMOKE, ["eval_limit={humaneval: 0}"])
     with pytest.raises(ParamsError, match="eval_limit"):
@@ -114,3 +115,33 @@ def test_the_smollm2_mbpp_params_file_is_valid_and_evaluates_every_artifact():
     assert params.eval_variants == ["base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"]
     assert params.datasets[0].type == params.test_datasets[0].type == "chat_template"
     assert params.eval_limit is None and params.eval_num_samples == 1  # every problem, greedily
+
+
+def test_a_benchmark_is_a_builtin_name_or_a_task_file_named_in_one_place(tmp_path):
+    tasks = tmp_path / "mine.jsonl"
+    tasks.write_text('{"task_id": "Mine/0", "prompt": "def f():\\n", "canonical_solution": "    return 1\\n", '
+                     '"test": "def check(f):\\n    assert f() == 1\\n", "entry_point": "f"}\n')
+    mine = f"{{name: mine, path: {tasks}}}"
+    params = load_params(SMOKE, [f"eval_benchmarks=[{mine}, humaneval]", "eval_limit={mine: 1}",
+                                 f"dataset_decontamination_benchmarks=[{mine}, mbpp]"])
+    assert params.benchmark_names == ["mine", "humaneval"]
+    assert params.benchmark_file("mine").path == str(tasks) and params.benchmark_file("humaneval") is None
+    assert [getattr(entry, "name", entry) for entry in params.dataset_decontamination_benchmarks] == ["mine", "mbpp"]
+    refused = {
+        "eval_benchmarks=[apps]": "unknown benchmark 'apps'",
+        f"eval_benchmarks=[{{name: humaneval, path: {tasks}}}]": "needs a name of its own",
+        "eval_benchmarks=[{name: mine, path: missing.jsonl}]": "missing.jsonl: no such file",
+        f"eval_benchmarks=[{mine}, {mine}]": "a benchmark is named twice",
+        "dataset_decontamination_benchmarks=[mine]": "unknown benchmark 'mine'",
+    }
+    for override, message in refused.items():
+        with pytest.raises(ParamsError, match=re.escape(message)):
+            load_params(SMOKE, [override])
+
+
+def test_kit_params_lists_every_key_with_its_default(capsys):
+    from kit.cli import main
+
+    assert main(["params"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line[0].isspace()]
+    assert listed == [key for key, _, _ in key_table()] and "base_model" in listed and "eval_benchmarks" in listed

@@ -1,4 +1,4 @@
-"""`kit run` on the embedded default: the stage graph, the whole pipeline, and the MLflow record it leaves."""
+"""`kit run` on the tiny default: the stage graph, the whole pipeline, and the MLflow record it leaves."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from kit.params import load_params
-from kit.stage import NOTEBOOKS, STAGES, stage_inputs, upstream_stages, write_manifest
+from kit.core.manifest import params_hash, write_manifest
+from kit.core.params import load_params
+from kit.pipeline.runner import write_run_params
+from kit.pipeline.stage import NOTEBOOKS, STAGES, stage_inputs, stage_module, upstream_stages
 
-from . import benchmark_smoke
-from .conftest import SMOKE
+from .benchmarks import smoke as smoke_benchmark
+from .conftest import ROOT, SMOKE, TINY_MODEL
 from .mounts import run_over
 
 
@@ -33,21 +36,52 @@ def _runs(experiment: str):
 
 def test_evaluate_runs_last_and_reads_the_stages_its_variants_come_from(tmp_path):
     assert STAGES == ("prepare", "train", "merge", "quantize", "evaluate")
-    assert NOTEBOOKS["evaluate"] == "03_evaluate.ipynb" and NOTEBOOKS["quantize"] == "05_quantize.ipynb"
+    assert [NOTEBOOKS[stage] for stage in STAGES] == sorted(NOTEBOOKS.values())  # numbered in pipeline order
+    assert NOTEBOOKS["evaluate"] == "05_evaluate.ipynb" and NOTEBOOKS["quantize"] == "04_quantize.ipynb"
     every = load_params(SMOKE)
     assert upstream_stages("evaluate", every) == ("train", "merge", "quantize")
     assert upstream_stages("evaluate", load_params(SMOKE, ["eval_variants=[base, adapter]"])) == ("train",)
     assert upstream_stages("evaluate", load_params(SMOKE, ["eval_variants=[gguf_q8_0]"])) == ("train", "quantize")
 
-    for stage in ("train", "merge", "quantize"):
-        write_manifest(tmp_path / stage, stage, inputs={}, outputs={"made_by": stage}, metrics={})
-    # Evaluate takes its upstream manifests by stage; a stage with one upstream takes that manifest.
+    made = {}
+    for stage in ("prepare", "train", "merge", "quantize"):
+        upstream = {name: made[name] for name in upstream_stages(stage, every)}
+        read = stage_module(stage).params_read(every)
+        made[stage] = write_manifest(tmp_path / stage, stage, inputs={}, outputs={"made_by": stage}, metrics={},
+                                     params_hash=params_hash(read, upstream))
+    # Every stage takes its upstream manifests by stage, those made under these params found as they are.
     inputs = stage_inputs("evaluate", every, tmp_path, None, [])
     assert {stage: manifest["outputs"]["made_by"] for stage, manifest in inputs.items()} == {
         "train": "train", "merge": "merge", "quantize": "quantize"}
     assert set(stage_inputs("evaluate", load_params(SMOKE, ["eval_variants=[merged]"]), tmp_path, None, [])) == {
         "train", "merge"}
-    assert stage_inputs("quantize", every, tmp_path, None, [])["outputs"] == {"made_by": "merge"}
+    assert stage_inputs("quantize", every, tmp_path, None, [])["merge"]["outputs"] == {"made_by": "merge"}
+
+
+def test_a_stage_made_under_other_params_is_run_again_with_those_downstream_of_it(tmp_path, monkeypatch):
+    params = load_params(SMOKE)
+    made = {}
+    for stage in ("prepare", "train", "merge"):
+        upstream = {name: made[name] for name in upstream_stages(stage, params)}
+        made[stage] = write_manifest(tmp_path / stage, stage, inputs={}, outputs={}, metrics={},
+                                     params_hash=params_hash(stage_module(stage).params_read(params), upstream))
+    ran = []
+
+    def run_inline(stage, params, run_dir, parent_run_id, overrides, inputs):
+        ran.append(stage)
+        return write_manifest(run_dir / stage, stage, inputs={}, outputs={}, metrics={},
+                              params_hash=params_hash(stage_module(stage).params_read(params), inputs))
+
+    monkeypatch.setattr("kit.pipeline.stage.run_inline", run_inline)
+    assert set(stage_inputs("quantize", params, tmp_path, None, [])) == {"merge"} and ran == []
+    # An evaluate-only key leaves every upstream stage as it is; a training key re-runs train and merge.
+    stage_inputs("quantize", load_params(SMOKE, ["eval_max_new_tokens=8"]), tmp_path, None, [])
+    assert ran == []
+    stage_inputs("quantize", load_params(SMOKE, ["lora_r=4"]), tmp_path, None, [])
+    assert ran == ["train", "merge"]
+    ran.clear()
+    stage_inputs("quantize", load_params(SMOKE, ["sequence_len=256", "lora_r=4"]), tmp_path, None, [])
+    assert ran == ["prepare", "train", "merge"]
 
 
 def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record(tmp_path):
@@ -55,19 +89,19 @@ def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record
     mask, packing, merge or conversion shows up as a number here), and MLflow holds a parent run and
     five finished stage runs."""
     experiment = "pipeline-test"
-    result = benchmark_smoke.measure(tmp_path, fresh_cache=False, experiment=experiment)
+    result = smoke_benchmark.measure(tmp_path, fresh_cache=False, experiment=experiment)
     for number, stage in enumerate(STAGES, start=1):
         assert f"[{number}/5] {stage} done in" in result["stdout"]
     # Progress from inside the stages' kernels, the ledger, the run folder and how to see it in MLflow.
     for shown in ("[2/5] train · training: 0/", "[3/5] merge · checking the merged model's logits",
-                  "[4/5] quantize · writing GGUF files: ", "[5/5] evaluate · adapter on embedded, generating: ",
+                  "[4/5] quantize · writing GGUF files: ", "[5/5] evaluate · adapter on tiny, generating: ",
                   "quality ledger, pass@1:\n", "\nadapter ", "run folder ", " ui --backend-store-uri sqlite:///"):
         assert shown in result["stdout"], shown
     assert not result["stderr"].strip(), result["stderr"]  # nothing on the terminal that asks nothing of the user
     # Time goes to reports/smoke.md, not into an assertion; every quality relation must hold.
-    unmet = [(goal, measured) for goal, measured, met in benchmark_smoke.quality_goals(result) if not met]
+    unmet = [(goal, measured) for goal, measured, met in smoke_benchmark.quality_goals(result) if not met]
     assert not unmet, f"{unmet}\n{result['ledger']}"
-    assert "| adapter | " in benchmark_smoke.render_report(result)
+    assert "| adapter | " in smoke_benchmark.render_report(result)
 
     client, runs = _runs(experiment)
     parents = [run for run in runs if run.data.tags.get("kit.kind") == "pipeline"]
@@ -81,7 +115,7 @@ def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record
     assert set(children) == set(STAGES)
     for stage, run in children.items():
         assert run.info.status == "FINISHED"
-        assert run.data.params["lora_r"] == "8" and run.data.params["base_model"] == "embedded:tiny-llama"
+        assert run.data.params["lora_r"] == "8" and run.data.params["base_model"] == str(TINY_MODEL)
         assert run.data.tags["kit.git_commit"] and run.data.tags["kit.version.torch"].startswith("2.")
         artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "notebook")}
         assert artifacts == {f"notebook/{NOTEBOOKS[stage]}"}
@@ -92,9 +126,9 @@ def test_kit_run_smoke_learns_keeps_what_it_learned_and_leaves_its_mlflow_record
     steps = metrics["train"]["train/steps"]
     assert len(client.get_metric_history(children["train"].info.run_id, "train/loss")) == steps
     for variant in ("base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"):
-        for benchmark in result["params"].eval_benchmarks:
+        for benchmark in result["params"].benchmark_names:
             assert f"{variant}/{benchmark}/pass_at_1" in metrics["evaluate"]
-        assert metrics["evaluate"][f"{variant}/embedded/generation_seconds"] > 0
+        assert metrics["evaluate"][f"{variant}/tiny/generation_seconds"] > 0
     evaluate_artifacts = {artifact.path for artifact in client.list_artifacts(children["evaluate"].info.run_id)}
     assert {"problems.json", "samples", "figures"} <= evaluate_artifacts
     assert metrics["merge"]["merge/top1_agreement"] == 1.0
@@ -172,7 +206,7 @@ def test_ctrl_c_during_training_ends_in_one_line_with_exit_130_and_its_runs_kill
 
 def test_a_run_folder_another_run_holds_is_refused_before_anything_starts(tmp_path, capsys):
     from kit.cli import main
-    from kit.runner import owned
+    from kit.pipeline.runner import owned
 
     experiment = "locked-test"
     held = tmp_path / "shared"
@@ -205,8 +239,8 @@ def test_unknown_stage_is_refused():
 
 def test_runs_a_killed_process_left_running_are_shown_so_and_closed_by_the_next_run(tmp_path, capsys):
     from kit.cli import main
-    from kit.compare import load_comparison
-    from kit.tracking import OWNER_TAG
+    from kit.core.tracking import OWNER_TAG
+    from kit.pipeline.compare import load_comparison
 
     experiment = "abandoned-test"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -226,13 +260,22 @@ def test_runs_a_killed_process_left_running_are_shown_so_and_closed_by_the_next_
 
 
 def test_an_executed_notebook_cut_short_is_not_logged_as_the_stages_record(tmp_path):
-    from kit import tracking
+    from kit.core import tracking
 
     params = load_params(SMOKE, ["mlflow_experiment_name=cut-notebook-test"])
     run_id = tracking.start_stage_run(params, "quantize", None, [])
-    notebook = tmp_path / "05_quantize.ipynb"
+    notebook = tmp_path / "04_quantize.ipynb"
     notebook.write_text('{"cells": [{"cell_type": "code", "sou')  # a full disk stopped papermill mid-write
     tracking.end_run(params, run_id, "FAILED", notebook=notebook)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert client.get_run(run_id).info.status == "FAILED"
     assert client.list_artifacts(run_id, "notebook") == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda path: path.name)
+def test_the_run_folders_params_file_loads_as_the_params_it_was_written_from(path, tmp_path):
+    """`kit run` hands every notebook its run folder's params.yaml rather than the file and overrides."""
+    params = load_params(path, ["lora_r=4"] if "smoke" in path.name else [])
+    again = load_params(write_run_params(params, tmp_path))
+    assert again.resolved() == {**params.resolved(), "mlflow_experiment_name": params.experiment_name}
+    assert again.experiment_name == params.experiment_name

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import pack_dataset
 
-from kit.formats import IGNORE_INDEX, render, tokenize
-from kit.models import load_tokenizer, resolve_base_model
-from kit.params import DatasetSpec, load_params
-from kit.prepare import pack_splits, run_prepare
+from kit.core.formats import IGNORE_INDEX, render, tokenize
+from kit.core.models import load_tokenizer
+from kit.core.params import DatasetSpec, load_params
+from kit.prepare.stage import pack_splits, run_prepare
 
-from .conftest import SMOKE
+from .conftest import SMOKE, TINY_SPEC, TINY_TOKENIZER
 from .mounts import stage_on_a_small_disk
 
 
@@ -37,7 +37,7 @@ def test_alpaca_prompt_is_axolotls_text():
 
 
 def test_loss_masks_the_prompt_and_trains_the_response_and_eos(smoke_params):
-    tokenizer = load_tokenizer(resolve_base_model(smoke_params), smoke_params)
+    tokenizer = load_tokenizer(str(TINY_TOKENIZER), smoke_params)
     prompt, completion = "### Instruction:\nAdd one.\n\n### Response:\n", "def f(x):\n    return x + 1\n"
     sample = tokenize([(prompt, False), (completion, True)], tokenizer, train_on_inputs=False)
     trained = [token for token, label in zip(sample["input_ids"], sample["labels"]) if label != IGNORE_INDEX]
@@ -95,7 +95,7 @@ def test_run_prepare_writes_packed_rows_and_counts(smoke_params, tmp_path):
     metrics = manifest["metrics"]
     splits = load_from_disk(manifest["outputs"]["dataset_dir"])
     assert set(splits) == {"train", "validation"}
-    assert metrics["prepare/num_samples"] == smoke_params.embedded_num_samples
+    assert metrics["prepare/num_samples"] == TINY_SPEC.num_samples
     assert metrics["prepare/num_packed_rows"] == len(splits["train"]) < metrics["prepare/num_train"]
     assert 0.5 < metrics["prepare/packing_efficiency"] <= 1.0
     row = splits["train"][0]
@@ -136,7 +136,7 @@ def test_prepared_rows_are_cached_by_data_tokenizer_and_params(tmp_path, monkeyp
 
 
 def test_an_interrupted_prepare_leaves_no_cache_entry(tmp_path, monkeypatch):
-    import kit.prepare
+    import kit.prepare.stage
 
     data = _alpaca_file(tmp_path / "data.jsonl", 20)
     params = load_params(SMOKE, [f"dataset_prepared_path={tmp_path / 'cache'}",
@@ -145,7 +145,7 @@ def test_an_interrupted_prepare_leaves_no_cache_entry(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kit.prepare, "pack_splits", interrupted)
+    monkeypatch.setattr(kit.prepare.stage, "pack_splits", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_prepare(params, None, tmp_path / "a")
     assert list((tmp_path / "cache").iterdir()) == []

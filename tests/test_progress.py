@@ -1,5 +1,5 @@
 """Progress: what a stage reports reaches `kit run`'s terminal, as one refreshing line on a TTY and as
-log lines elsewhere (kit.progress)."""
+log lines elsewhere (kit.core.progress)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kit import progress
-from kit.progress import Progress, ProgressFollower, announce, describe
+from kit.core import progress
+from kit.core.progress import Progress, ProgressFollower, announce, describe
 
 
 class Terminal(io.StringIO):

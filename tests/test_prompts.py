@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.benchmarks import (
+from kit.core.benchmarks import (
     HUMANEVAL_STOP_SEQUENCES,
     INSTRUCT_STOP_SEQUENCES,
     Problem,
@@ -19,14 +19,14 @@ from kit.benchmarks import (
     parsable_code,
     prompt_format_for,
 )
-from kit.evaluate import _generation_config, generate_texts
-from kit.formats import ALPACA_NO_INPUT
-from kit.models import load_causal_lm, load_tokenizer, resolve_base_model
-from kit.params import DatasetSpec, Params, ParamsError, load_params
-from kit.sandbox import run_programs
-from kit.score import check_program
+from kit.core.formats import ALPACA_NO_INPUT
+from kit.core.models import load_causal_lm, load_tokenizer, resolve_base_model
+from kit.core.params import DatasetSpec, Params, ParamsError, load_params
+from kit.evaluate.sandbox import run_programs
+from kit.evaluate.score import check_program
+from kit.evaluate.stage import _generation_config, generate_texts
 
-from .conftest import MBPP, SMOKE
+from .conftest import MBPP, SMOKE, TINY_TOKENIZER
 
 # A problem as HumanEval shapes one: its prompt is a signature and docstring, which the completion continues.
 ADD = Problem(
@@ -224,7 +224,7 @@ def tiny_model_and_tokenizer():
 
 
 def test_chat_formats_end_answers_at_the_templates_end_of_turn(smoke_params: Params) -> None:
-    tokenizer = load_tokenizer(resolve_base_model(smoke_params), smoke_params)
+    tokenizer = load_tokenizer(str(TINY_TOKENIZER), smoke_params)
     chat = DatasetSpec(path="chats.jsonl", type="chat_template", chat_template="chatml")
     params = smoke_params.model_copy(update={"datasets": [chat], "eval_limit": 1})
     (problem,) = load_benchmark("humaneval", params, "instruct", tokenizer)
@@ -347,12 +347,12 @@ def test_generation_runs_eval_batch_size_prompts_at_a_time(smoke_params: Params,
     assert len(texts) == 5 and all(len(samples) == 1 for samples in texts)
 
 
-@pytest.mark.parametrize("benchmark", ["humaneval", "embedded"])
+@pytest.mark.parametrize("benchmark", ["humaneval", "tiny"])
 def test_rounds_of_growing_length_generate_what_one_pass_does(
     benchmark: str, smoke_params: Params, tiny_model_and_tokenizer, monkeypatch
 ) -> None:
     """Rows asked again from the tokens they have go on as if never stopped; rows that ended drop out."""
-    import kit.evaluate
+    import kit.evaluate.stage
 
     model, tokenizer = tiny_model_and_tokenizer
     params = smoke_params.model_copy(update={"eval_batch_size": 1, "eval_max_new_tokens": 40, "eval_limit": 6})
@@ -365,7 +365,7 @@ def test_rounds_of_growing_length_generate_what_one_pass_does(
         calls.append(kwargs["generation_config"].max_new_tokens)
         return generate(**kwargs)
 
-    monkeypatch.setattr(kit.evaluate, "FIRST_ROUND_TOKENS", 4)
+    monkeypatch.setattr(kit.evaluate.stage, "FIRST_ROUND_TOKENS", 4)
     monkeypatch.setattr(model, "generate", recording_generate)
     assert generate_texts(model, tokenizer, problems, params) == one_pass
     # Rounds end rows at 4, 8, 16, 32 and 40 new tokens; each row is its own batch here.
@@ -374,8 +374,8 @@ def test_rounds_of_growing_length_generate_what_one_pass_does(
 
 
 def test_mbpp_training_and_validation_chats_come_from_their_own_splits(tmp_path, capsys):
-    from kit.benchmarks import MBPP_TEST_TASK_IDS, PACKAGED_MBPP, extract_code, mbpp_task
     from kit.cli import main
+    from kit.core.benchmarks import MBPP_TEST_TASK_IDS, PACKAGED_MBPP, extract_code, mbpp_task
 
     assert main(["mbpp-data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"train: {tmp_path / 'mbpp-train.jsonl'} (374 tasks)",
@@ -400,12 +400,12 @@ def test_the_growing_cache_generates_what_transformers_own_cache_does(
     """Keys and values written in place into spare room, doubled when full, give DynamicCache's texts."""
     from transformers import DynamicCache
 
-    import kit.evaluate
+    import kit.evaluate.stage
 
     model, tokenizer = tiny_model_and_tokenizer
     params = smoke_params.model_copy(update={"eval_batch_size": 3, "eval_max_new_tokens": 40, "eval_limit": 6})
     problems = load_benchmark("humaneval", params, "base")[:6]
     growing = generate_texts(model, tokenizer, problems, params)
-    monkeypatch.setattr(kit.evaluate, "_growing_cache", lambda config: DynamicCache(config=config))
+    monkeypatch.setattr(kit.evaluate.stage, "_growing_cache", lambda config: DynamicCache(config=config))
     assert generate_texts(model, tokenizer, problems, params) == growing
     assert any(len(texts[0]) > 20 for texts in growing)

@@ -15,22 +15,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kit.embedded import build_base_model, stdlib_corpus
-from kit.gguf_export import converter_folder, export_gguf
-from kit.merge import run_merge
-from kit.models import resolve_base_model
-from kit.params import GGUF_TYPES, Params, load_params
-from kit.quantize import (
-    gguf_bytes_at_least,
-    gguf_generations,
-    gguf_table,
-    llama_file_type,
-    llama_model,
-    parameter_count,
-    run_quantize,
-)
+from kit.core.llama import llama_model
+from kit.core.models import resolve_base_model
+from kit.core.params import GGUF_TYPES, Params, load_params
+from kit.merge.stage import run_merge
+from kit.quantize.gguf_export import converter_folder, export_gguf
+from kit.quantize.stage import gguf_bytes_at_least, llama_file_type, parameter_count, run_quantize
+from kit.quantize.views import gguf_generations, gguf_table
+from kit.tiny.model import stdlib_corpus
 
-from .conftest import SMOKE
+from .conftest import SMOKE, TINY_MODEL
 from .mounts import stage_on_a_small_disk
 
 ASSETS = Path(__file__).parent / "assets"
@@ -55,11 +49,11 @@ QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 @pytest.fixture()
 def merged(smoke_params: Params, tmp_path: Path) -> dict:
-    """A merge stage's manifest: the embedded base re-saved as a full fine-tune would be."""
-    base = str(build_base_model(smoke_params))
+    """A merge stage's manifest: the tiny base re-saved as a full fine-tune would be."""
+    base = str(TINY_MODEL)
     trained = {"stage": "train", "outputs": {"base_model": base, "adapter_dir": None, "model_dir": base,
                                              "tokenizer_dir": base}}
-    return run_merge(smoke_params, trained, tmp_path / "merge")
+    return run_merge(smoke_params, {"train": trained}, tmp_path / "merge")
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +256,7 @@ def test_llama_cpp_tokenizes_as_the_hf_tokenizer(
     tokenizer_kind: str, smoke_params: Params, qwen2_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     if tokenizer_kind == "sentencepiece":
-        model_dir = build_base_model(smoke_params)
+        model_dir = TINY_MODEL
     else:
         model_dir = build_tiny_qwen2(qwen2_tokenizer_dir, tmp_path / "qwen2", tie_word_embeddings=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -280,7 +274,7 @@ def test_llama_cpp_tokenizes_as_the_hf_tokenizer(
                 assert token_ids == [tokenizer.bos_token_id, *sentencepiece_ids(model_dir, text)], text
             elif tokenizer_kind == "sentencepiece" and text == with_specials:
                 # llama.cpp puts SentencePiece's space before text that follows a special token, as
-                # Llama's original (legacy) tokenizer does; the embedded one is non-legacy and does not.
+                # Llama's original (legacy) tokenizer does; the tiny one is non-legacy and does not.
                 assert token_ids == legacy_llama_tokenizer(model_dir)(text)["input_ids"]
             else:
                 assert token_ids == tokenizer(text)["input_ids"], text
@@ -301,7 +295,7 @@ def sentencepiece_ids(model_dir: Path, text: str) -> list[int]:
 
 
 def test_run_quantize_writes_and_checks_every_type(smoke_params: Params, merged: dict, tmp_path: Path) -> None:
-    manifest = run_quantize(smoke_params, merged, tmp_path / "quantize")
+    manifest = run_quantize(smoke_params, {"merge": merged}, tmp_path / "quantize")
 
     paths = {gguf_type: Path(path) for gguf_type, path in manifest["outputs"]["gguf"].items()}
     assert set(paths) == {"f16", *smoke_params.gguf_quantizations}
@@ -331,7 +325,7 @@ def test_run_quantize_writes_and_checks_every_type(smoke_params: Params, merged:
 def test_a_full_disk_names_the_file_and_the_space_it_needs_and_leaves_nothing(merged: dict, tmp_path: Path) -> None:
     """A real 3 MB filesystem under quantize's folder: the f16 file (about 4.8 MB) does not fit."""
     disk = tmp_path / "disk"
-    outcome = stage_on_a_small_disk("quantize", SMOKE, merged, disk, size="3m")
+    outcome = stage_on_a_small_disk("quantize", SMOKE, {"merge": merged}, disk, size="3m")
     target = disk / "quantize" / "model-f16.gguf"
     assert re.fullmatch(rf"OSError: \[Errno 28\] no space left on the device writing {re.escape(str(target))} \(it "
                         r"needs at least [45] MB, 3 MB free there\); free some space or point output_dir to a larger "

@@ -8,8 +8,8 @@ import os
 from mlflow.tracking import MlflowClient
 
 from kit.cli import main
-from kit.rerun import recovered_overrides
-from kit.runner import run_pipeline
+from kit.pipeline.rerun import recovered_overrides
+from kit.pipeline.runner import run_pipeline
 
 from .conftest import SMOKE
 

@@ -10,20 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.formats import IGNORE_INDEX, render, tokenize
-from kit.models import load_tokenizer, resolve_base_model
-from kit.params import DatasetSpec, load_params
-from kit.samples import collect_samples
-from kit.sources import BadData
-from tests.conftest import SMOKE
+from kit.core.formats import IGNORE_INDEX, render, tokenize
+from kit.core.models import load_tokenizer
+from kit.core.params import DatasetSpec, load_params
+from kit.core.sources import BadData
+from kit.prepare.samples import collect_samples
+from tests.conftest import SMOKE, TINY_SPEC, TINY_TOKENIZER
 
 LONG_OUTPUT = "total = total + 1\n" * 40
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    params = load_params(SMOKE)
-    return load_tokenizer(resolve_base_model(params), params)
+    return load_tokenizer(str(TINY_TOKENIZER), load_params(SMOKE))
 
 
 def params_for(folder: Path, datasets: list[dict], **changes):
@@ -57,12 +56,12 @@ def test_empty_duplicate_and_too_long_rows_are_dropped_and_counted(tmp_path, tok
 
 
 def test_a_huge_row_is_dropped_after_tokenizing_only_its_beginning(tmp_path, tokenizer, monkeypatch):
-    import kit.samples
+    import kit.prepare.samples
 
     huge = task(6, "total = total + 1\n" * 600_000)  # about 11 MB of code
     data = write_jsonl(tmp_path / "data.jsonl", [huge, task(7)])
     tokenized = []
-    monkeypatch.setattr(kit.samples, "tokenize", lambda segments, *args: tokenized.append(segments) or tokenize(
+    monkeypatch.setattr(kit.prepare.samples, "tokenize", lambda segments, *args: tokenized.append(segments) or tokenize(
         segments, *args))
     collected = collect_samples(params_for(tmp_path, [{"path": str(data)}], sequence_len=128), tokenizer)
     assert collected.counts == [counts(loaded=2, too_long=1, kept=1)]
@@ -129,10 +128,10 @@ def test_a_mistyped_field_stops_the_run_naming_file_line_and_field_unless_skippe
     assert skipped.counts == [counts(loaded=2, bad_rows=1, kept=1)]
 
 
-def test_the_embedded_dataset_is_collected_whole(smoke_params, tokenizer):
+def test_the_tiny_rows_are_collected_whole(smoke_params, tokenizer):
     collected = collect_samples(smoke_params, tokenizer)
-    assert collected.counts == [counts(loaded=smoke_params.embedded_num_samples,
-                                       kept=smoke_params.embedded_num_samples)]
+    assert collected.counts == [counts(loaded=TINY_SPEC.num_samples,
+                                       kept=TINY_SPEC.num_samples)]
     assert all(text.startswith("Below is an instruction") for text in collected.texts)
     assert all(len(sample["input_ids"]) <= smoke_params.sequence_len for sample in collected.samples)
 

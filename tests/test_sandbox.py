@@ -24,9 +24,10 @@ from typing import NoReturn
 
 import pytest
 
-from kit import sandbox
-from kit.benchmarks import humaneval_problems, mbpp_problems
-from kit.sandbox import ISOLATION_LEVELS, isolation, isolation_unavailable, run_program, run_programs
+from kit.core.benchmarks import humaneval_problems, mbpp_problems
+from kit.evaluate import sandbox
+from kit.evaluate.sandbox import ISOLATION_LEVELS, isolation, isolation_unavailable, run_program, run_programs
+from kit.evaluate.sandbox.runner import PROCESS_LIMIT
 
 from .conftest import MBPP, ROOT
 
@@ -190,7 +191,7 @@ def test_a_fork_storm_is_capped_and_ends_with_the_program(namespaced_level: str)
     result = run_program(program + FAILING_TEST, timeout=5, level=namespaced_level)
     assert result.status == "failed"
     children = int(next(line for line in result.stderr_tail.splitlines() if line.startswith("children")).split()[1])
-    assert 0 < children < sandbox.PROCESS_LIMIT
+    assert 0 < children < PROCESS_LIMIT
     assert time.monotonic() - started < 4, "the program's own exit ends the run, not its children's"
     assert _none_left(token)
 
@@ -388,12 +389,23 @@ def test_nothing_a_program_leaves_reaches_the_next_one_in_its_runner(namespaced_
     assert _none_left(token)
 
 
+def copy_sandbox(folder: Path) -> None:
+    """The sandbox package alone under ``folder/kit/evaluate/``, as a clone holds it, but with nothing else of
+    kit: it imports only the standard library and itself."""
+    package = folder / "kit" / "evaluate" / "sandbox"
+    shutil.copytree(Path(sandbox.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    for parent in (folder / "kit", folder / "kit" / "evaluate"):
+        (parent / "__init__.py").write_text("")
+    for path in (folder / "kit", *(folder / "kit").rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 # Programs of an unprivileged scorer run as its own user and could reach the runner they share.
 UNPRIVILEGED = ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups", "--"]
 UNPRIVILEGED_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import sandbox
+from kit.evaluate import sandbox
 level = sys.argv[2]
 problem = sandbox.isolation_unavailable(level)
 attacks = [
@@ -418,7 +430,7 @@ def test_as_an_unprivileged_user_programs_cannot_hamper_the_runner_they_share(na
     folder = Path(tempfile.mkdtemp(prefix="sandbox-unprivileged-"))
     try:
         folder.chmod(0o755)
-        shutil.copy(sandbox.__file__, folder / "sandbox.py")
+        copy_sandbox(folder)
         (folder / "script.py").write_text(UNPRIVILEGED_SCRIPT)
         command = [*UNPRIVILEGED, "/usr/bin/python3", str(folder / "script.py"), str(folder), namespaced_level]
         completed = subprocess.run(command, capture_output=True, text=True, cwd="/", env={"HOME": "/"}, timeout=120)
@@ -436,7 +448,7 @@ def test_as_an_unprivileged_user_programs_cannot_hamper_the_runner_they_share(na
 CLONE_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import sandbox
+from kit.evaluate import sandbox
 level, programs = sys.argv[2], json.loads(sys.argv[3])
 problem = sandbox.isolation_unavailable(level)
 results, serving = [], False
@@ -471,11 +483,11 @@ def clone_under_tmp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         folder.chmod(0o755)
     clone = folder / "clone"
     clone.mkdir()
-    shutil.copy(sandbox.__file__, clone / "sandbox.py")
+    copy_sandbox(clone)
     (clone / "script.py").write_text(CLONE_SCRIPT)
     (clone / "planted.txt").write_text("the scorer's")
     if user:
-        for path in (clone, *clone.iterdir()):
+        for path in (clone, *clone.rglob("*")):
             os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
     subprocess.run([*user, base, "-m", "venv", "--without-pip", str(clone / ".venv")], check=True, cwd="/")
     try:

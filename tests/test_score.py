@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kit.benchmarks import humaneval_problems, mbpp_problems
 from kit.cli import main
-from kit.sandbox import ExecutionResult, isolation
-from kit.score import default_out_path, pass_at_k, pass_at_k_scores, score_samples, verdict
+from kit.core.benchmarks import humaneval_problems, mbpp_problems
+from kit.evaluate.sandbox import ExecutionResult, isolation
+from kit.evaluate.score import default_out_path, pass_at_k, pass_at_k_scores, score_samples, verdict
 
 from .conftest import MBPP
 
@@ -196,10 +196,23 @@ def test_a_missing_file_and_bad_options_are_refused(tmp_path: Path, capsys: pyte
     missing = tmp_path / "missing.jsonl"
     assert main(["score", "--benchmark", "humaneval", "--samples", str(missing)]) == 2
     assert f"error: {missing}: no such file" in capsys.readouterr().err
-    for option in (["--k", "1,0"], ["--k", "one"], ["--workers", "0"], ["--timeout", "-1"], ["--benchmark", "apps"]):
+    for option in (["--k", "1,0"], ["--k", "one"], ["--workers", "0"], ["--timeout", "-1"]):
         with pytest.raises(SystemExit) as stopped:
             main(["score", "--benchmark", "humaneval", "--samples", str(missing), *option])
         assert stopped.value.code == 2
+    assert main(["score", "--benchmark", "apps", "--samples", str(missing)]) == 2
+    assert "--benchmark apps: expected humaneval, mbpp or a HumanEval-format jsonl file" in capsys.readouterr().err
+
+
+def test_a_task_file_in_humanevals_format_is_scored_like_humaneval(tmp_path: Path, capsys) -> None:
+    tasks = tmp_path / "mine.jsonl"
+    tasks.write_text(json.dumps({"task_id": "Mine/0", "prompt": "def one():\n", "canonical_solution": "    return 1\n",
+                                 "test": "def check(f):\n    assert f() == 1\n", "entry_point": "one"}) + "\n")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": "Mine/0", "completion": completion}) + "\n"
+                               for completion in ("    return 1\n", "    return 2\n")))
+    assert main(["score", "--benchmark", str(tasks), "--samples", str(samples), "--k", "1"]) == 0
+    assert [row["passed"] for row in _read_jsonl(default_out_path(samples))] == [True, False]
 
 
 def test_failure_reasons_are_the_errors_last_line_of_text() -> None:

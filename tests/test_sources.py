@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from kit.params import EMBEDDED_DATASET, DatasetSpec
-from kit.sources import BadData, RowPlace, iter_rows, load_source
+from kit.core.params import DatasetSpec
+from kit.core.sources import BadData, RowPlace, iter_rows, load_source
+from tests.conftest import TINY_ROWS, TINY_SPEC
 
 
 def write_jsonl(path: Path, lines: list[object]) -> Path:
@@ -19,13 +20,13 @@ def write_jsonl(path: Path, lines: list[object]) -> Path:
     return path
 
 
-def rows(path: Path, params) -> list[tuple[RowPlace, object]]:
-    return list(iter_rows(DatasetSpec(path=str(path)), params))
+def rows(path: Path) -> list[tuple[RowPlace, object]]:
+    return list(iter_rows(DatasetSpec(path=str(path))))
 
 
-def test_a_bad_json_line_comes_back_as_bad_data_naming_file_and_line(tmp_path, smoke_params):
+def test_a_bad_json_line_comes_back_as_bad_data_naming_file_and_line(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [{"a": 1}, "", '{"a": 2,', "[1, 2]", {"a": 3}])
-    read = rows(data, smoke_params)
+    read = rows(data)
     assert [(place.row, values) for place, values in read if not isinstance(values, BadData)] == [(1, {"a": 1}),
                                                                                                     (5, {"a": 3})]
     bad_json, not_object = (values for _, values in read if isinstance(values, BadData))
@@ -34,48 +35,48 @@ def test_a_bad_json_line_comes_back_as_bad_data_naming_file_and_line(tmp_path, s
     assert str(not_object) == f"{data}: line 4: expected a JSON object, got a list"
 
 
-def test_bytes_that_are_not_utf8_are_a_bad_line(tmp_path, smoke_params):
+def test_bytes_that_are_not_utf8_are_a_bad_line(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
-    (_, first), (_, second) = rows(data, smoke_params)
+    (_, first), (_, second) = rows(data)
     assert first == {"a": 1} and isinstance(second, BadData) and second.row == 2 and "not UTF-8" in str(second)
 
 
-def test_a_folder_is_read_file_by_file_in_sorted_order(tmp_path, smoke_params):
+def test_a_folder_is_read_file_by_file_in_sorted_order(tmp_path):
     folder = tmp_path / "parts"
     folder.mkdir()
     write_jsonl(folder / "b.jsonl", [{"n": 3}])
     write_jsonl(folder / "a.jsonl", [{"n": 1}, {"n": 2}])
     (folder / "README.md").write_text("not data")
-    read = rows(folder, smoke_params)
+    read = rows(folder)
     assert [(Path(place.file).name, place.row, values["n"]) for place, values in read] == [
         ("a.jsonl", 1, 1), ("a.jsonl", 2, 2), ("b.jsonl", 1, 3)]
-    assert load_source(DatasetSpec(path=str(folder)), smoke_params)["n"] == [1, 2, 3]
+    assert load_source(DatasetSpec(path=str(folder)))["n"] == [1, 2, 3]
 
 
-def test_empty_or_mixed_folders_and_missing_or_unknown_files_are_refused(tmp_path, smoke_params):
+def test_empty_or_mixed_folders_and_missing_or_unknown_files_are_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no data files"):
-        rows(empty, smoke_params)
+        rows(empty)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     write_jsonl(mixed / "a.jsonl", [{"n": 1}])
     (mixed / "b.csv").write_text("n\n2\n")
     with pytest.raises(ValueError, match=r"mixes \.csv, \.jsonl"):
-        rows(mixed, smoke_params)
+        rows(mixed)
     with pytest.raises(ValueError, match="no such file"):
-        rows(tmp_path / "missing.jsonl", smoke_params)
+        rows(tmp_path / "missing.jsonl")
     notes = tmp_path / "notes.txt"
     notes.write_text("x")
     with pytest.raises(ValueError, match=r"unsupported file type '\.txt'"):
-        rows(notes, smoke_params)
+        rows(notes)
 
 
-def test_csv_cells_are_read_as_written(tmp_path, smoke_params):
+def test_csv_cells_are_read_as_written(tmp_path):
     data = tmp_path / "data.csv"
     data.write_text('instruction,input,output\nAdd one.,,42\n"Two\nlines",x,007\n')
-    read = rows(data, smoke_params)
+    read = rows(data)
     assert [(place.row, values) for place, values in read] == [
         (1, {"instruction": "Add one.", "input": "", "output": "42"}),
         (2, {"instruction": "Two\nlines", "input": "x", "output": "007"}),
@@ -83,25 +84,25 @@ def test_csv_cells_are_read_as_written(tmp_path, smoke_params):
     assert str(read[1][0]) == f"{data}: row 2"
 
 
-def test_parquet_rows_keep_their_types(tmp_path, smoke_params):
+def test_parquet_rows_keep_their_types(tmp_path):
     data = tmp_path / "data.parquet"
     pd.DataFrame({"text": ["a", "b"], "score": [1, 2]}).to_parquet(data)
-    assert [(place.row, values) for place, values in rows(data, smoke_params)] == [
+    assert [(place.row, values) for place, values in rows(data)] == [
         (1, {"text": "a", "score": 1}), (2, {"text": "b", "score": 2})]
 
 
-def test_saved_datasets_are_read_with_their_split(tmp_path, smoke_params):
+def test_saved_datasets_are_read_with_their_split(tmp_path):
     DatasetDict({"train": Dataset.from_dict({"n": [1]}), "test": Dataset.from_dict({"n": [2, 3]})}).save_to_disk(
         str(tmp_path / "dict"))
     Dataset.from_dict({"n": [4]}).save_to_disk(str(tmp_path / "one"))
-    read = list(iter_rows(DatasetSpec(path=str(tmp_path / "dict"), split="test"), smoke_params))
+    read = list(iter_rows(DatasetSpec(path=str(tmp_path / "dict"), split="test")))
     assert [(place.file, place.row, values["n"]) for place, values in read] == [
         (str(tmp_path / "dict"), 1, 2), (str(tmp_path / "dict"), 2, 3)]
-    assert [values["n"] for _, values in rows(tmp_path / "one", smoke_params)] == [4]
+    assert [values["n"] for _, values in rows(tmp_path / "one")] == [4]
 
 
-def test_the_embedded_dataset_is_a_jsonl_of_alpaca_rows(smoke_params):
-    read = list(iter_rows(DatasetSpec(path=EMBEDDED_DATASET), smoke_params))
-    assert len(read) == smoke_params.embedded_num_samples
+def test_the_tiny_rows_are_a_jsonl_of_alpaca_rows(smoke_params):
+    read = list(iter_rows(DatasetSpec(path=str(TINY_ROWS))))
+    assert len(read) == TINY_SPEC.num_samples
     assert [place.row for place, _ in read] == list(range(1, len(read) + 1))
     assert all(set(values) == {"instruction", "input", "output"} for _, values in read)

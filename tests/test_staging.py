@@ -1,5 +1,5 @@
 """Staging: what a killed build left is removed by the next; an artifact appears under its name only once
-complete, and a full disk is named (kit.staging)."""
+complete, and a full disk is named (kit.core.staging)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kit.staging import staging_folder, written_aside
+from kit.core.staging import staging_folder, written_aside
 
 
 def test_a_killed_builds_folder_goes_and_a_live_ones_stays(tmp_path):

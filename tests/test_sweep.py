@@ -1,4 +1,4 @@
-"""`kit sweep`: the grid, the sweep's id, and a real 2-combination sweep on the embedded default, rerun
+"""`kit sweep`: the grid, the sweep's id, and a real 2-combination sweep on the tiny default, rerun
 to skip what finished and extended by a value to run only the new combination."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kit.cli import main
-from kit.compare import PIPELINE_FILTER
-from kit.params import ParamsError
-from kit.sweep import combinations, parse_grid, sweep_id
+from kit.core.params import ParamsError
+from kit.pipeline.compare import PIPELINE_FILTER
+from kit.pipeline.sweep import combinations, parse_grid, sweep_id
 
 from .conftest import SMOKE
 

@@ -1,7 +1,7 @@
 """Train: QLoRA on a 4-bit NF4 base, packed batches, resume after a kill, loss normalisation, tracking.
 
 Golden losses: ``tests/golden/train_losses.json`` holds the first logged losses of a short QLoRA run
-(params/smoke.yaml with GOLDEN_OVERRIDES) from the embedded base's shape and tokenizer with weights
+(params/smoke.yaml with GOLDEN_OVERRIDES) from the tiny base's shape and tokenizer with weights
 drawn from a fixed seed, and the versions they were recorded under; they are compared only under the
 same versions. Not the pretrained base: its 1,200 steps carry each CPU's rounding (AVX2 and AVX-512
 kernels sum in different orders) into different weights, where a seeded draw is the same everywhere.
@@ -31,14 +31,15 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from kit import tracking
-from kit.formats import IGNORE_INDEX
-from kit.models import load_tokenizer
-from kit.params import environment_warnings, load_params
-from kit.prepare import run_prepare
-from kit.train import PackedRowsCollator, _build_model, hardware_choices, run_train
+from kit.core import tracking
+from kit.core.formats import IGNORE_INDEX
+from kit.core.models import load_tokenizer
+from kit.core.params import environment_warnings, load_params
+from kit.prepare.stage import run_prepare
+from kit.tiny.tasks import instruction_rows
+from kit.train.stage import PackedRowsCollator, _build_model, hardware_choices, run_train
 
-from .conftest import ROOT, SMOKE, logged_losses
+from .conftest import ROOT, SMOKE, TINY_MODEL, TINY_SPEC, logged_losses
 from .conftest import smoke_at as smoke
 
 # The smoke run on 200 of its rows, made 30 steps long, checkpointing every 5: its training rows pack
@@ -46,7 +47,8 @@ from .conftest import smoke_at as smoke
 # the resume must reproduce.
 STEPS = 30
 REFERENCE = ["save_strategy=steps", "save_steps=5", f"max_steps={STEPS}", "eval_steps=10"]
-ROWS = ["embedded_num_samples=200"]
+# The rows: 200 of the tiny family's, drawn as `kit tiny build` draws its 600 (from the seed 42).
+ROWS = 200
 KILL_AFTER_STEP = 25
 GOLDEN = Path(__file__).parent / "golden" / "train_losses.json"
 GOLDEN_STEPS = 5
@@ -82,9 +84,17 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prepared(folder):
+def rows(folder) -> list[str]:
+    """The override that trains on the ROWS rows."""
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in instruction_rows(ROWS, seed=42)))
+    return [f"datasets=[{{path: {path}, type: alpaca}}]"]
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, rows):
     # The overrides used in this file change no other preparation key, so every run trains on these rows.
-    return run_prepare(smoke(folder, ROWS), None, folder / "prepare")
+    return run_prepare(smoke(folder, rows), None, folder / "prepare")
 
 
 @pytest.fixture(scope="module")
@@ -94,24 +104,24 @@ def reference(folder, prepared):
     tracking.configure(params)
     snapshots = WeightSnapshots()
     with mlflow.start_run() as run:
-        trained = run_train(params, prepared, folder / "reference", callbacks=[snapshots])
+        trained = run_train(params, {"prepare": prepared}, folder / "reference", callbacks=[snapshots])
     return trained, snapshots, run.info.run_id
 
 
 def test_qlora_puts_lora_on_a_4bit_base_and_trains_only_the_adapter(smoke_params):
-    from kit.models import resolve_base_model
+    from kit.core.models import resolve_base_model
 
     base = resolve_base_model(smoke_params)
     model = _build_model(smoke_params, base, load_tokenizer(base, smoke_params))
     four_bit = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
-    assert len(four_bit) == 7 * smoke_params.embedded_num_layers  # q k v o gate up down
+    assert len(four_bit) == 7 * TINY_SPEC.num_layers  # q k v o gate up down
     assert four_bit[0].weight.quant_type == "nf4"
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
 
 
 def test_dora_and_modules_to_save_reach_peft(tmp_path):
-    from kit.models import resolve_base_model
+    from kit.core.models import resolve_base_model
 
     params = load_params(SMOKE, [f"output_dir={tmp_path}", "peft_use_dora=true", "lora_modules_to_save=[lm_head]"])
     base = resolve_base_model(params)
@@ -178,10 +188,10 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(f
     trained, _, _ = reference
     out_dir = folder / "killed"
     manifest = folder / "prepared.json"
-    manifest.write_text(json.dumps(prepared))
+    manifest.write_text(json.dumps({"prepare": prepared}))
     script = (
-        "import json, sys; from pathlib import Path; from kit.params import load_params;"
-        " from kit.train import run_train; from tests.test_train import KillAfterCheckpoint;"
+        "import json, sys; from pathlib import Path; from kit.core.params import load_params;"
+        " from kit.train.stage import run_train; from tests.test_train import KillAfterCheckpoint;"
         " params = load_params(sys.argv[1], json.loads(sys.argv[2]));"
         " run_train(params, json.loads(Path(sys.argv[3]).read_text()), Path(sys.argv[4]),"
         " callbacks=[KillAfterCheckpoint(int(sys.argv[5]))])"
@@ -195,7 +205,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(f
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out_dir / "adapter").exists()
 
-    resumed = run_train(smoke(folder, [*REFERENCE, "resume_from_checkpoint=auto"]), prepared, out_dir)
+    resumed = run_train(smoke(folder, [*REFERENCE, "resume_from_checkpoint=auto"]), {"prepare": prepared}, out_dir)
     checkpoint = out_dir / "checkpoints" / f"checkpoint-{KILL_AFTER_STEP}"
     assert resumed["outputs"]["resumed_from"] == str(checkpoint.resolve())
     torch.testing.assert_close(logged_losses(resumed), logged_losses(trained), rtol=0, atol=1e-4)
@@ -215,7 +225,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_curve(f
 
 
 def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
-    from kit.train import resume_checkpoint
+    from kit.train.stage import resume_checkpoint
 
     params = smoke(tmp_path, ["resume_from_checkpoint=auto"])
     assert resume_checkpoint(params, tmp_path / "checkpoints") is None
@@ -230,7 +240,7 @@ def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
 def test_a_micro_batch_beyond_the_training_rows_is_warned_of(folder, prepared, capsys):
     rows = prepared["metrics"]["prepare/num_packed_rows"]
     params = smoke(folder, ["micro_batch_size=100000", "max_steps=1", "eval_steps=null"])
-    run_train(params, prepared, folder / "huge-batch")
+    run_train(params, {"prepare": prepared}, folder / "huge-batch")
     assert (f"warning: micro_batch_size 100000 is more than the {int(rows)} training rows: each step takes all "
             f"{int(rows)} at once") in capsys.readouterr().err
 
@@ -239,7 +249,8 @@ def test_accumulated_micro_batches_train_as_one_batch(folder, prepared):
     """Loss is normalised by the trained tokens of the whole batch, not averaged over micro-batches."""
     shared = ["max_steps=4", "logging_steps=1", "lora_dropout=0", "eval_steps=null", "warmup_steps=0"]
     runs = {
-        shape: logged_losses(run_train(smoke(folder, [*shared, *shape]), prepared, folder / "-".join(shape)))
+        shape: logged_losses(run_train(smoke(folder, [*shared, *shape]), {"prepare": prepared},
+                                       folder / "-".join(shape)))
         for shape in (("micro_batch_size=2", "gradient_accumulation_steps=1"),
                       ("micro_batch_size=1", "gradient_accumulation_steps=2"))
     }
@@ -254,17 +265,15 @@ def golden_environment() -> dict:
         **{name: importlib.metadata.version(name) for name in GOLDEN_PACKAGES},
         "seed": 42,
         "params": str(SMOKE.relative_to(ROOT)),
-        "overrides": [*ROWS, *GOLDEN_OVERRIDES],
-        "base": "the embedded base's config and tokenizer, weights from torch.manual_seed(0)",
+        "overrides": [f"datasets: {ROWS} rows of the tiny family, seed 42", *GOLDEN_OVERRIDES],
+        "base": "the tiny base's config and tokenizer, weights from torch.manual_seed(0)",
     }
 
 
 @pytest.fixture(scope="module")
 def seeded_base(folder) -> Path:
-    """The embedded base's config and tokenizer with untrained weights drawn from a fixed seed."""
-    from kit.embedded import build_base_model
-
-    pretrained = build_base_model(smoke(folder, []))
+    """The tiny base's config and tokenizer with untrained weights drawn from a fixed seed."""
+    pretrained = TINY_MODEL
     base = folder / "seeded-base"
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig.from_pretrained(pretrained)).save_pretrained(base)
@@ -273,10 +282,10 @@ def seeded_base(folder) -> Path:
     return base
 
 
-def test_the_first_losses_match_the_golden_ones(folder, seeded_base):
-    params = smoke(folder / "golden", [f"base_model={seeded_base}", *ROWS, *GOLDEN_OVERRIDES])
+def test_the_first_losses_match_the_golden_ones(folder, rows, seeded_base):
+    params = smoke(folder / "golden", [f"base_model={seeded_base}", *rows, *GOLDEN_OVERRIDES])
     prepared = run_prepare(params, None, folder / "golden" / "prepare")
-    losses = logged_losses(run_train(params, prepared, folder / "golden" / "train"))
+    losses = logged_losses(run_train(params, {"prepare": prepared}, folder / "golden" / "train"))
     environment = golden_environment()
     if os.environ.get("TUNEBOOK_RECORD_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps({"environment": environment, "losses": losses}, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Train variants, each a short real run_train of the embedded default on the CPU.
+"""Train variants, each a short real run_train of the tiny default on the CPU.
 
 LoRA on a 32-bit and on an 8-bit base, full fine-tuning, added tokens under LoRA, gradient checkpointing,
 every optimizer name, learning-rate schedules, eval and checkpoint cadence, and attention.
@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.optimization import Adafactor
 
-from kit.generate import generate_answers
-from kit.merge import run_merge
-from kit.models import attention_implementation, load_causal_lm, load_tokenizer, resolve_base_model, with_adapter
-from kit.params import OPTIMIZERS, ParamsError, environment_warnings, load_params
-from kit.prepare import run_prepare
-from kit.train import _build_model, run_train
+from kit.core.generate import generate_answers
+from kit.core.models import attention_implementation, load_causal_lm, load_tokenizer, resolve_base_model, with_adapter
+from kit.core.params import OPTIMIZERS, ParamsError, environment_warnings, load_params
+from kit.merge.stage import run_merge
+from kit.prepare.stage import run_prepare
+from kit.train.stage import _build_model, run_train
 
-from .conftest import SMOKE, logged_losses
+from .conftest import SMOKE, TINY_SPEC, logged_losses
 from .conftest import log_history as history
 from .conftest import smoke_at as smoke
 
@@ -98,7 +98,8 @@ def train(folder, prepared):
         if overrides not in runs:
             recorder = RunRecorder()
             out_dir = folder / f"run-{len(runs)}"
-            trained = run_train(smoke(folder, [*SHORT, *overrides]), prepared, out_dir, callbacks=[recorder])
+            trained = run_train(smoke(folder, [*SHORT, *overrides]), {"prepare": prepared}, out_dir,
+                                callbacks=[recorder])
             runs[overrides] = trained, recorder
         return runs[overrides]
 
@@ -184,7 +185,7 @@ def new_tokens_run(tmp_path_factory):
     params = smoke(folder, [*SHORT, *NEW_TOKENS])
     prepared = run_prepare(params, None, folder / "prepare")
     recorder = RunRecorder()
-    trained = run_train(params, prepared, folder / "train", callbacks=[recorder])
+    trained = run_train(params, {"prepare": prepared}, folder / "train", callbacks=[recorder])
     return params, trained, recorder
 
 
@@ -198,7 +199,7 @@ def test_new_tokens_are_trained_and_saved_with_the_adapter(new_tokens_run):
     params, trained, recorder = new_tokens_run
     outputs = trained["outputs"]
     tokenizer = load_tokenizer(outputs["tokenizer_dir"], params)
-    base_vocabulary = params.embedded_vocab_size
+    base_vocabulary = TINY_SPEC.vocab_size
     new_ids = tokenizer.convert_tokens_to_ids(["<|end|>", "<|fim_middle|>"])
     assert tokenizer.eos_token == "<|end|>" and sorted(new_ids) == [base_vocabulary, base_vocabulary + 1]
     assert_the_loss_is_finite_and_falls(trained)
@@ -209,7 +210,7 @@ def test_new_tokens_are_trained_and_saved_with_the_adapter(new_tokens_run):
     saved = load_file(Path(outputs["adapter_dir"]) / "adapter_model.safetensors")
     for layer in ("embed_tokens", "lm_head"):
         shapes = {tuple(tensor.shape) for name, tensor in saved.items() if f"{layer}." in name}
-        assert shapes == {(len(tokenizer), params.embedded_hidden_size)}
+        assert shapes == {(len(tokenizer), TINY_SPEC.hidden_size)}
 
     # A fresh base grows random rows for the new tokens; the adapter brings the trained ones, through the merge too.
     base = load_causal_lm(outputs["base_model"], params, quantize=False)
@@ -224,10 +225,10 @@ def test_new_tokens_are_trained_and_saved_with_the_adapter(new_tokens_run):
 
 def test_merge_and_generate_take_an_adapter_that_added_tokens(new_tokens_run, tmp_path):
     params, trained, _ = new_tokens_run
-    merged = run_merge(params, trained, tmp_path / "merge")
+    merged = run_merge(params, {"train": trained}, tmp_path / "merge")
     assert merged["metrics"]["merge/max_abs_logit_diff"] < 1e-4
     config = json.loads((Path(merged["outputs"]["model_dir"]) / "config.json").read_text())
-    assert config["vocab_size"] == params.embedded_vocab_size + 2
+    assert config["vocab_size"] == TINY_SPEC.vocab_size + 2
     [answer] = generate_answers(params, trained, ["Reverse a string."], max_new_tokens=4)
     assert isinstance(answer, str)
 
