@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from kit.core.params import ParamsError, environment_warnings, load_params
+from kit.core.hardware import environment_warnings
+from kit.core.params import ParamsError, load_params
 from kit.evaluate.sandbox import WeakIsolationError
 from kit.evaluate.score import (
     DEFAULT_TIMEOUT,
@@ -83,9 +84,14 @@ def _params(args: argparse.Namespace) -> int:
     from kit.core.params import key_table
 
     rows = key_table()
-    width = max(len(key) for key, _, _ in rows)
-    lines = [f"{key:<{width}}  {default}" + (f"\n{'':<{width}}  {description}" if description else "")
-             for key, default, description in rows]
+    width = max(len(row.key) for row in rows)
+    lines: list[str] = []
+    concern = None
+    for row in rows:
+        if row.concern != concern:  # a heading per concern, a blank line before all but the first
+            concern = row.concern
+            lines += [*([""] if lines else []), f"# {concern}"]
+        lines += [f"{row.key:<{width}}  {row.default}", f"{'':<{width}}  {row.description}"]
     try:
         print("\n".join(lines))
     except BrokenPipeError:  # `kit params | head`: the reader had enough

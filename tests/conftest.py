@@ -25,12 +25,38 @@ TINY_ROWS = TINY / "train.jsonl"
 TINY_TOKENIZER = ROOT / "tests" / "assets" / "tiny-tokenizer"
 # What tools keep in a work tree (the interpreter's bytecode, pytest's, ruff's and hypothesis' caches,
 # the installed package's metadata); anything else a test leaves there fails it.
+# In the name of what a test puts in the work tree on purpose, for a moment: tests/test_work_tree.py's
+# probe, the sandbox tests' victim file.
+PROBE = "left-by-a-test"
 TOOL_FOLDERS = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Before collection: huggingface_hub and datasets read it when first imported, and collection imports
+    # them; set later, a test asking the Hub for what is not there waits for the network's retries.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    # Each pytest-xdist worker computes on its share of the cores, and so do the processes it starts: torch's
+    # threads spinning on a core another worker holds slowed the whole suite twofold.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        torch.set_num_threads(threads)
     # Before collection, which loads params/smoke.yaml: a few minutes the first time, then a no-op.
     build_tiny(TINY, TINY_SPEC)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # One worker more than cores for `-n auto`: with one per core, a fifth of the cores' time went idle
+    # while tests waited on the processes, servers and sandboxes they start.
+    return (os.cpu_count() or 1) + 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The slow files first: handed out last, one would run on alone after the other workers are done.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def smoke_at(folder: Path, overrides: list[str]) -> Params:
@@ -58,7 +84,6 @@ def isolated_tracking(tmp_path_factory: pytest.TempPathFactory) -> None:
     # ... from where processes the tests start (``python -m tests.…``) still find the repository's modules.
     patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    patch.setenv("HF_HUB_OFFLINE", "1")
     yield
     patch.undo()
 
@@ -80,7 +105,8 @@ def leaves_the_work_tree_clean():
     """A test writes into its own temporary folders, never into the repository."""
     before = work_tree_entries()
     yield
-    left = sorted(work_tree_entries() - before)
+    # Those are glimpsed by a test in another pytest-xdist worker.
+    left = sorted(entry for entry in work_tree_entries() - before if PROBE not in entry)
     assert not left, f"the test left these in the work tree: {left[:10]}"
 
 

@@ -1,6 +1,6 @@
-"""params/smollm2-135m-mbpp.yaml cut down (two steps, two problems) end to end, through the benchmark that
-reports on it: GGUF -> Hugging Face, the chat template through prepare, train and evaluate, merge, and
-llama.cpp's export of a byte-level BPE Llama."""
+"""params/smollm2-135m-mbpp.yaml cut down (two steps, eight validation tasks, two problems) end to end,
+through the benchmark that reports on it: GGUF -> Hugging Face, the chat template through prepare, train
+and evaluate, merge, and llama.cpp's export of a byte-level BPE Llama."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from kit.core.manifest import read_manifest
 
 from .benchmarks import real as benchmark
 
-CUT_DOWN = ("max_steps=2", "gradient_accumulation_steps=1", "sequence_len=256", "warmup_steps=0",
+pytestmark = pytest.mark.slow
+
+CUT_DOWN = ("max_steps=2", "gradient_accumulation_steps=1", "sequence_len=256", "warmup_steps=0", "eval_steps=2",
+            "test_datasets=[{path: .tunebook/data/mbpp-validation.jsonl, type: chat_template, split: 'train[:8]'}]",
             "eval_limit=2", "eval_max_new_tokens=48")
 VARIANTS = ["base", "adapter", "merged", "gguf_q8_0", "gguf_q4_k_m"]
 
@@ -55,7 +58,7 @@ def test_the_real_recipe_cut_down_runs_end_to_end(tmp_path: Path) -> None:
     assert "<|im_start|>" in (base_folder / "chat_template.jinja").read_text()
     # The training rows were rendered in that template, and so was every prompt evaluated.
     prepared = read_manifest(run_dir, "prepare")
-    assert prepared["metrics"]["prepare/num_train"] > 0
+    assert prepared["metrics"]["prepare/num_train"] > 0 and 0 < prepared["metrics"]["prepare/num_val"] <= 8
     results = result["results"]
     assert list(results) == VARIANTS
     for variant, scored in results.items():

@@ -27,6 +27,8 @@ from .conftest import SMOKE, logged_losses
 from .conftest import smoke_at as smoke
 from .ddp_rows_recorder import rows_seen_file
 
+pytestmark = pytest.mark.slow
+
 # One epoch, no dropout (each rank would draw its own masks), evaluated before the first step and
 # during training as the smoke params say: evaluating must not change what is trained (an evaluation
 # before train() once did, in 2 processes).

@@ -17,9 +17,10 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit.core.formats import CHAT_TEMPLATES
+from kit.core.hardware import environment_warnings
 from kit.core.logits import HELD_OUT_SNIPPETS, causal_lm_logits, held_out_token_ids
 from kit.core.models import load_causal_lm, load_tokenizer, save_tokenizer, with_adapter
-from kit.core.params import Params, ParamsError, environment_warnings
+from kit.core.params import Params, ParamsError
 from kit.merge.stage import compare_logits, push_to_hub, run_merge
 from kit.quantize.gguf_export import export_gguf
 

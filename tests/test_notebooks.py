@@ -14,6 +14,8 @@ from kit.pipeline.stage import NOTEBOOKS
 
 from .conftest import ROOT, SMOKE
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "notebooks").glob("*.ipynb")))
 def test_notebook_is_thin_and_committed_clean(name):
@@ -45,7 +47,8 @@ def test_notebooks_run_alone_with_plain_papermill(tmp_path):
             str(tmp_path / NOTEBOOKS[stage]),
             parameters={
                 "params_file": str(SMOKE),
-                "overrides": [f"output_dir={out}", f"dataset_prepared_path={tmp_path / 'prepared'}", "max_steps=4"],
+                "overrides": [f"output_dir={out}", f"dataset_prepared_path={tmp_path / 'prepared'}", "max_steps=4",
+                          "eval_benchmarks=[humaneval]", "eval_limit=1"],
             },
             kernel_name="python3",
             progress_bar=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
-from kit.core.params import ParamsError, environment_warnings, key_table, load_params, parse_overrides
+from kit.core.hardware import environment_warnings
+from kit.core.params import CONCERNS, ParamsError, key_table, load_params, parse_overrides
 
 from .conftest import ROOT, SMOKE
 
@@ -89,7 +91,6 @@ def test_keys_this_machine_cannot_honour_warn_naming_the_key():
 def test_derived_values_live_in_the_schema():
     params = load_params(SMOKE, ["micro_batch_size=3", "gradient_accumulation_steps=4", "bf16=true"])
     assert params.effective_batch_size == 12
-    assert params.compute_dtype == "float32"  # no CUDA here: bf16 cannot be honoured
     assert params.experiment_name == "smoke"
     assert load_params(SMOKE, ["mlflow_experiment_name=mine"]).experiment_name == "mine"
 
@@ -143,5 +144,115 @@ def test_kit_params_lists_every_key_with_its_default(capsys):
     from kit.cli import main
 
     assert main(["params"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line[0].isspace()]
-    assert listed == [key for key, _, _ in key_table()] and "base_model" in listed and "eval_benchmarks" in listed
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines if line and not line[0].isspace() and not line.startswith("#")]
+    assert listed == [row.key for row in key_table()] and "base_model" in listed and "eval_benchmarks" in listed
+    assert [line for line in lines if line.startswith("#")] == [f"# {concern}" for concern in CONCERNS]
+
+
+# --- the schema by concern, every key described, and keys nothing reads ---
+
+KIT = ROOT / "kit"
+SCHEMA = KIT / "core" / "params"
+
+
+def test_the_schema_is_the_concerns_put_together_in_their_order():
+    from kit.core.params import Params
+    from kit.core.params.base import Strict
+
+    owners: dict[str, list[str]] = {}
+    for concern, part in CONCERNS.items():
+        for key in part.model_fields:
+            owners.setdefault(key, []).append(concern)
+    assert {key: concerns for key, concerns in owners.items() if len(concerns) > 1} == {}
+    assert list(Params.model_fields) == list(owners)
+    assert [row.concern for row in key_table() if "." not in row.key] == [owners[key][0] for key in owners]
+    # A check of one part that another's of the same name hid would be lost without a word.
+    def checks(model) -> list[str]:
+        decorators = model.__pydantic_decorators__
+        return [*decorators.field_validators, *decorators.model_validators]
+
+    own = [name for part in CONCERNS.values() for name in checks(part) if name not in checks(Strict)]
+    assert len(own) == len(set(own)) and set(own) <= set(checks(Params))
+
+
+def test_every_key_has_a_description():
+    assert [row.key for row in key_table() if not row.description.strip()] == []
+    nested = {row.key for row in key_table() if "." in row.key}
+    assert {"datasets[].path", "datasets[].type", "datasets[].type[].format", "eval_benchmarks[].path"} <= nested
+
+
+def _says_unhonoured(name: str) -> bool:
+    # What only says a key is not honoured (the warnings) does not read it.
+    return name.endswith("warnings") or name in ("UNREAD_KEYS", "NOT_YET_HONOURED")
+
+
+def _names_in(tree: ast.AST, tables: bool = False) -> set[str]:
+    """Attribute names a piece of source reads, but in warnings; with ``tables``, also names and strings (the
+    schema's tables of keys, which code reads with getattr)."""
+    names, nodes = set(), [tree]
+    while nodes:
+        node = nodes.pop()
+        defined = [node.name] if isinstance(node, ast.FunctionDef) else [
+            target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+        if any(_says_unhonoured(name) for name in defined):
+            continue
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif tables and isinstance(node, ast.Name):
+            names.add(node.id)
+        elif tables and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        nodes.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _schema_members() -> dict[str, set[str]]:
+    """What each of the schema's properties, methods and constants reads (validators check, they do not read)."""
+    members: dict[str, set[str]] = {}
+    for path in SCHEMA.glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            inside = node.body if isinstance(node, ast.ClassDef) else [node]
+            for member in inside:
+                names = [member.name] if isinstance(member, ast.FunctionDef) else [
+                    target.id for target in getattr(member, "targets", []) if isinstance(target, ast.Name)]
+                for name in names:
+                    if not name.startswith("_"):
+                        members.setdefault(name, set()).update(_names_in(member, tables=True))
+    return members
+
+
+def keys_read() -> set[str]:
+    """Every name kit reads outside the schema, and through the schema's own members the names they read."""
+    members = _schema_members()
+    constants = {name for name in members if name.isupper()}  # tables such as LIGER_KERNELS, imported by name
+    read: set[str] = set()
+    for path in KIT.rglob("*.py"):
+        if SCHEMA not in path.parents:
+            tree = ast.parse(path.read_text())
+            read |= _names_in(tree) | (_names_in(tree, tables=True) & constants)
+    frontier = read & set(members)
+    while frontier:
+        new = members.pop(frontier.pop()) - read
+        read |= new
+        frontier |= new & set(members)
+    return read
+
+
+def _a_value_for(annotation) -> str:
+    text = str(annotation)
+    return next(value for kind, value in (("bool", "true"), ("int", "1"), ("float", "0.5"), ("list", "[x]"),
+                                          ("dict", "{a: b}"), ("str", "x")) if kind in text)
+
+
+def test_a_key_nothing_reads_warns_when_it_is_set():
+    from kit.core.params import Params
+
+    read = keys_read()
+    unread = [key for key in Params.model_fields if key not in read]
+    assert {"base_model_config", "model_type", "is_llama_derived_model", "strict", "debug", "wandb_project",
+            "group_by_length", "local_rank", "lora_model_dir", "early_stopping_patience"} <= set(unread)
+    assert {"lora_r", "seed", "eval_variants", "liger_rope", "tokenizer_type"}.isdisjoint(unread)
+    for key in unread:
+        params = load_params(SMOKE, [f"{key}={_a_value_for(Params.model_fields[key].annotation)}"])
+        assert any(warning.startswith(f"{key}:") for warning in environment_warnings(params)), key

@@ -23,6 +23,8 @@ from .benchmarks import smoke as smoke_benchmark
 from .conftest import ROOT, SMOKE, TINY_MODEL
 from .mounts import run_over
 
+pytestmark = pytest.mark.slow
+
 
 def _kit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "kit.cli", *args], capture_output=True, text=True, cwd=cwd)

@@ -27,6 +27,8 @@ from kit.tiny.model import stdlib_corpus
 from .conftest import SMOKE, TINY_MODEL
 from .mounts import stage_on_a_small_disk
 
+pytestmark = pytest.mark.slow
+
 ASSETS = Path(__file__).parent / "assets"
 CODE_WITH_UNICODE = 'def grüße(name: str) -> str:\n    return f"¡Hola, {name}! → ✓ 😀"  # naïve\n'
 # What a tokenizer converted wrongly is likely to split differently: indentation and whitespace
@@ -134,8 +136,9 @@ def field_value(reader: gguf.GGUFReader, key: str):
     return None if field is None else field.contents()
 
 
-def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> None:
-    """The GGUF's hyperparameters and tokenizer are the Hugging Face config's and tokenizer's."""
+def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> gguf.GGUFReader:
+    """The GGUF's hyperparameters and tokenizer are the Hugging Face config's and tokenizer's; returns the
+    file's reader (which takes seconds to parse a vocabulary of 151k tokens and their merges)."""
     config = json.loads((model_dir / "config.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     reader = gguf.GGUFReader(path)
@@ -173,6 +176,7 @@ def assert_metadata_matches(path: Path, model_dir: Path, architecture: str) -> N
     with llama_model(path, vocab_only=True) as llama:  # the file's add_bos_token, or llama.cpp's default
         assert (llama.tokenize(b"x", add_bos=True)[0] == llama.token_bos()) == adds_bos
     assert field_value(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    return reader
 
 
 def assert_logits_match(path: Path, model_dir: Path, text: str, max_abs_diff: float, min_top1: float) -> None:
@@ -195,8 +199,7 @@ def test_f16_llama_gguf_matches_the_hf_model_and_tokenizer(merged: dict, tmp_pat
     tokenizer.save_pretrained(model_dir)
     path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
 
-    assert_metadata_matches(path, model_dir, "llama")
-    reader = gguf.GGUFReader(path)
+    reader = assert_metadata_matches(path, model_dir, "llama")
     assert field_value(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
     tensor_types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
     assert tensor_types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
@@ -208,8 +211,7 @@ def test_f16_llama_gguf_matches_the_hf_model_and_tokenizer(merged: dict, tmp_pat
 def test_f16_qwen2_gguf_matches_the_hf_model_and_tokenizer(qwen2_dir: Path, tmp_path: Path) -> None:
     path = export_gguf(qwen2_dir, tmp_path / "model-f16.gguf")
 
-    assert_metadata_matches(path, qwen2_dir, "qwen2")
-    reader = gguf.GGUFReader(path)
+    reader = assert_metadata_matches(path, qwen2_dir, "qwen2")
     assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
     assert field_value(reader, "tokenizer.ggml.pre") == "qwen2"
     tensor_types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
@@ -226,8 +228,7 @@ def test_smollm2_a_byte_level_bpe_llama_exports_as_llama_cpp_reads_it(tmp_path: 
     model_dir = Path(resolve_base_model(load_params(SMOKE, ["base_model=smollm2-135m-instruct"])))
     path = export_gguf(model_dir, tmp_path / "model-f16.gguf")
 
-    assert_metadata_matches(path, model_dir, "llama")
-    reader = gguf.GGUFReader(path)
+    reader = assert_metadata_matches(path, model_dir, "llama")
     assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
     assert field_value(reader, "tokenizer.ggml.pre") == "smollm"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

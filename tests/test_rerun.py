@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from kit.cli import main
@@ -12,6 +13,8 @@ from kit.pipeline.rerun import recovered_overrides
 from kit.pipeline.runner import run_pipeline
 
 from .conftest import SMOKE
+
+pytestmark = pytest.mark.slow
 
 
 def test_overrides_are_the_keys_where_the_logged_params_differ_from_the_file():

@@ -29,7 +29,7 @@ from kit.evaluate import sandbox
 from kit.evaluate.sandbox import ISOLATION_LEVELS, isolation, isolation_unavailable, run_program, run_programs
 from kit.evaluate.sandbox.runner import PROCESS_LIMIT
 
-from .conftest import MBPP, ROOT
+from .conftest import MBPP, PROBE, ROOT
 
 NAMESPACED = ("bubblewrap", "namespaces")
 SANDBOX_REQUIRED = bool(os.environ.get("TUNEBOOK_REQUIRE_SANDBOX"))
@@ -222,7 +222,7 @@ def test_many_files_cannot_fill_more_than_the_private_folders_cap(namespaced_lev
 @pytest.fixture()
 def victims(tmp_path: Path) -> Iterator[list[Path]]:
     """Files outside the program's folder: one in the repository, one in pytest's temporary folder."""
-    in_repository = Path(tempfile.mkdtemp(prefix=".sandbox-victim-", dir=ROOT))
+    in_repository = Path(tempfile.mkdtemp(prefix=f".{PROBE}-sandbox-victim-", dir=ROOT))
     files = [in_repository / "precious.txt", tmp_path / "precious.txt"]
     for file in files:
         file.write_text("keep me")

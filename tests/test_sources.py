@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from kit.core.params import DatasetSpec
-from kit.core.sources import BadData, RowPlace, iter_rows, load_source
+from kit.core.params import DatasetSpec, Params
+from kit.core.sources import BadData, RowPlace, check_local_paths, iter_rows, load_source
 from tests.conftest import TINY_ROWS, TINY_SPEC
 
 
@@ -99,6 +99,31 @@ def test_saved_datasets_are_read_with_their_split(tmp_path):
     assert [(place.file, place.row, values["n"]) for place, values in read] == [
         (str(tmp_path / "dict"), 1, 2), (str(tmp_path / "dict"), 2, 3)]
     assert [values["n"] for _, values in rows(tmp_path / "one")] == [4]
+
+
+def test_a_slice_of_a_local_file_keeps_each_rows_line_and_reads_as_load_dataset_slices(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [{"n": number} for number in range(10)])
+    for split, numbers in (("train[2:4]", [2, 3]), ("train[-2:]", [8, 9]), ("train[:30%]", [0, 1, 2]),
+                           ("train[:1]+train[9:]", [0, 9])):
+        read = list(iter_rows(DatasetSpec(path=str(data), split=split)))
+        assert [(place.row, values["n"]) for place, values in read] == [(number + 1, number) for number in numbers]
+        assert load_source(DatasetSpec(path=str(data), split=split))["n"] == numbers
+    dataset = DatasetDict({"train": Dataset.from_dict({"n": [1]}), "test": Dataset.from_dict({"n": [2, 3, 4]})})
+    dataset.save_to_disk(str(tmp_path / "dict"))
+    sliced = iter_rows(DatasetSpec(path=str(tmp_path / "dict"), split="test[1:]"))
+    assert [values["n"] for _, values in sliced] == [3, 4]
+
+
+@pytest.mark.parametrize("split", ["test", "train[:x]"])
+def test_a_split_a_local_file_lacks_is_refused_naming_the_file_before_anything_loads(tmp_path, split):
+    data = write_jsonl(tmp_path / "data.jsonl", [{"n": 1}])
+    spec = DatasetSpec(path=str(data), split=split)
+    params = Params.model_validate({"base_model": "m", "datasets": [spec.model_dump()]})
+    with pytest.raises(ValueError, match=f"^datasets: {data}: split '"):
+        check_local_paths(params)
+    for read in (lambda: list(iter_rows(spec)), lambda: load_source(spec)):
+        with pytest.raises(ValueError, match=f"^datasets: {data}: split '"):
+            read()
 
 
 def test_the_tiny_rows_are_a_jsonl_of_alpaca_rows(smoke_params):

@@ -15,6 +15,8 @@ from kit.pipeline.sweep import combinations, parse_grid, sweep_id
 
 from .conftest import SMOKE
 
+pytestmark = pytest.mark.slow
+
 
 def test_grid_values_become_combinations_in_key_order_whatever_the_option_order():
     grid = parse_grid(["seed=1, 2", "learning_rate=1e-3,2e-4"])
@@ -74,7 +76,7 @@ def _sweep_runs(experiment: str) -> tuple[MlflowClient, list]:
 def test_a_sweep_runs_each_combination_once_and_a_rerun_only_what_is_new(tmp_path, capsys):
     experiment = "sweep-test"
     common = [
-        "--stages", "prepare,train", "--out", str(tmp_path / "report"),
+        "--stages", "prepare", "--out", str(tmp_path / "report"),
         "--set", f"output_dir={tmp_path / 'out'}", "--set", f"dataset_prepared_path={tmp_path / 'prepared'}",
         "--set", "max_steps=2", "--set", f"mlflow_experiment_name={experiment}",
     ]

@@ -33,14 +33,17 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from kit.core import tracking
 from kit.core.formats import IGNORE_INDEX
+from kit.core.hardware import Machine, environment_warnings, this_machine, training_setup
 from kit.core.models import load_tokenizer
-from kit.core.params import environment_warnings, load_params
+from kit.core.params import load_params
 from kit.prepare.stage import run_prepare
 from kit.tiny.tasks import instruction_rows
-from kit.train.stage import PackedRowsCollator, _build_model, hardware_choices, run_train
+from kit.train.stage import PackedRowsCollator, _build_model, announced_setup, run_train
 
 from .conftest import ROOT, SMOKE, TINY_MODEL, TINY_SPEC, logged_losses
 from .conftest import smoke_at as smoke
+
+pytestmark = pytest.mark.slow
 
 # The smoke run on 200 of its rows, made 30 steps long, checkpointing every 5: its training rows pack
 # into about 15 steps of 4, so a run killed after step 25 resumes inside its second epoch, whose order
@@ -237,10 +240,20 @@ def test_auto_resume_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     assert resume_checkpoint(params, tmp_path / "checkpoints") == str(complete.resolve())
 
 
+class FirstStepReached(Exception):
+    pass
+
+
+class StopAtTheFirstStep(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        raise FirstStepReached
+
+
 def test_a_micro_batch_beyond_the_training_rows_is_warned_of(folder, prepared, capsys):
     rows = prepared["metrics"]["prepare/num_packed_rows"]
     params = smoke(folder, ["micro_batch_size=100000", "max_steps=1", "eval_steps=null"])
-    run_train(params, {"prepare": prepared}, folder / "huge-batch")
+    with pytest.raises(FirstStepReached):  # the warning comes before it; the step of every row is not needed
+        run_train(params, {"prepare": prepared}, folder / "huge-batch", callbacks=[StopAtTheFirstStep()])
     assert (f"warning: micro_batch_size 100000 is more than the {int(rows)} training rows: each step takes all "
             f"{int(rows)} at once") in capsys.readouterr().err
 
@@ -321,24 +334,48 @@ def test_a_packed_batch_has_the_loss_of_its_samples_unpacked():
     torch.testing.assert_close(packed_loss, unpacked_loss)
 
 
+CPU = Machine(cuda_devices=0, device_name="cpu", bf16=False, flash_attn=False, liger_kernel=False, deepspeed=False)
+H100 = Machine(cuda_devices=2, device_name="NVIDIA H100", bf16=True, flash_attn=True, liger_kernel=True,
+               deepspeed=False)
+V100 = Machine(cuda_devices=1, device_name="Tesla V100", bf16=False, flash_attn=False, liger_kernel=False,
+               deepspeed=False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what a CPU-only machine picks")
 def test_a_cpu_runs_unpaged_unfused_without_liger_and_says_so(capsys):
     params = load_params(SMOKE, ["optimizer=paged_adamw_32bit", "liger_fused_linear_cross_entropy=true", "bf16=true",
                                  "flash_attention=true"])
-    assert hardware_choices(params) == {
+    assert announced_setup(params)[1] == {
         "train.device": "cpu", "train.attention": "sdpa", "train.compute_dtype": "float32",
         "train.optimizer": "adamw_torch (instead of paged_adamw_32bit)", "train.liger_kernels": "none",
     }
     assert "optimizer: adamw_torch (instead of paged_adamw_32bit)\n" in capsys.readouterr().out
     warned = {warning.split(":")[0] for warning in environment_warnings(params)}
     assert {"optimizer", "liger_fused_linear_cross_entropy", "bf16", "flash_attention"} <= warned
+    assert training_setup(params) == training_setup(params, CPU)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="what a CUDA GPU picks")
-def test_a_gpu_runs_paged_fused_and_liger_where_installed():
-    params = load_params(SMOKE, ["optimizer=adamw_torch", "bf16=auto", "liger_rope=false"])
-    assert params.optimizer_to_run == "adamw_torch_fused" and params.compute_dtype == "bfloat16"
-    assert load_params(SMOKE, ["optimizer=paged_adamw_32bit"]).optimizer_to_run == "paged_adamw_32bit"
-    if importlib.util.find_spec("liger_kernel"):
-        assert params.liger_kernels == {"rope": False, "rms_norm": True, "swiglu": True,
-                                        "fused_linear_cross_entropy": True, "cross_entropy": False}
+def test_the_machine_decides_what_the_same_params_train_with():
+    params = load_params(SMOKE, ["optimizer=adamw_torch", "bf16=auto", "liger_rope=false", "flash_attention=true",
+                                 "fsdp=[full_shard]", "train_num_processes=2"])
+    on_h100, on_v100, on_cpu = (training_setup(params, machine) for machine in (H100, V100, CPU))
+    assert (on_h100.optimizer, on_h100.compute_dtype, on_h100.attention, on_h100.fsdp) == (
+        "adamw_torch_fused", "bfloat16", "flash_attention_2", True)
+    assert on_h100.liger_kernels == {"rope": False, "rms_norm": True, "swiglu": True,
+                                     "fused_linear_cross_entropy": True, "cross_entropy": False}
+    assert (on_v100.compute_dtype, on_v100.attention, on_v100.liger_kernels) == ("float32", "sdpa", {})
+    assert (on_cpu.optimizer, on_cpu.compute_dtype, on_cpu.attention, on_cpu.fsdp, on_cpu.tf32) == (
+        "adamw_torch", "float32", "sdpa", False, None)
+    paged = load_params(SMOKE, ["optimizer=paged_adamw_32bit"])
+    assert (training_setup(paged, H100).optimizer, training_setup(paged, CPU).optimizer) == (
+        "paged_adamw_32bit", "adamw_torch")
+    warned = {machine.device_name: {warning.split(":")[0] for warning in environment_warnings(params, machine)}
+              for machine in (H100, V100, CPU)}
+    assert "flash_attention" not in warned["NVIDIA H100"] and "fsdp" not in warned["NVIDIA H100"]
+    assert {"flash_attention", "optimizer"} <= warned["Tesla V100"]
+    assert {"flash_attention", "fsdp"} <= warned["cpu"] and "optimizer" not in warned["cpu"]
+
+
+def test_this_machine_is_probed_once():
+    assert this_machine() is this_machine()
+    assert this_machine().cuda == torch.cuda.is_available()

@@ -19,8 +19,9 @@ from transformers import TrainerCallback
 from transformers.optimization import Adafactor
 
 from kit.core.generate import generate_answers
-from kit.core.models import attention_implementation, load_causal_lm, load_tokenizer, resolve_base_model, with_adapter
-from kit.core.params import OPTIMIZERS, ParamsError, environment_warnings, load_params
+from kit.core.hardware import environment_warnings, training_setup
+from kit.core.models import load_causal_lm, load_tokenizer, resolve_base_model, with_adapter
+from kit.core.params import OPTIMIZERS, ParamsError, load_params
 from kit.merge.stage import run_merge
 from kit.prepare.stage import run_prepare
 from kit.train.stage import _build_model, run_train
@@ -28,6 +29,8 @@ from kit.train.stage import _build_model, run_train
 from .conftest import SMOKE, TINY_SPEC, logged_losses
 from .conftest import log_history as history
 from .conftest import smoke_at as smoke
+
+pytestmark = pytest.mark.slow
 
 # Three steps, learning from the first (no warmup), deterministic (no dropout), no evaluation on the way, and a
 # validation split of two samples (one packed row) so the evaluation at the end is cheap.
@@ -277,7 +280,7 @@ def optimizer_setting(optimizer, key: str):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_runs_or_runs_a_stated_substitute(train, name, capsys):
     params = load_params(SMOKE, [f"optimizer={name}"])
-    runs = params.optimizer_to_run
+    runs = training_setup(params).optimizer
     trained, recorder = train(f"optimizer={name}", "max_steps=2", "micro_batch_size=1")
     substitute = f" (instead of {name})" if runs != name else ""
     assert f"optimizer: {runs}{substitute}\n" in capsys.readouterr().out
@@ -351,7 +354,7 @@ def test_flash_attention_uses_sdpa_with_a_warning_without_cuda(tmp_path):
     params = smoke(tmp_path, [*LORA, "flash_attention=true"])
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine may run FlashAttention-2")
-    assert attention_implementation(params) == "sdpa"
+    assert training_setup(params).attention == "sdpa"
     assert any(warning.startswith("flash_attention:") and "SDPA" in warning for warning in environment_warnings(params))
     base = resolve_base_model(params)
     model = _build_model(params, base, load_tokenizer(base, params))

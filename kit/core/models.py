@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kit.core import nf4
 from kit.core.gguf_base import gguf_file, hf_folder_from_gguf
+from kit.core.hardware import training_setup
 from kit.core.params import Params
 
 
@@ -46,7 +47,8 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
     """The base model; with ``quantize``, in NF4 (QLoRA) or 8-bit as the params say."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = dtype or params.compute_dtype
+    setup = training_setup(params)
+    dtype = dtype or setup.compute_dtype
     quantization = None
     if quantize and params.load_in_4bit:
         quantization = BitsAndBytesConfig(
@@ -61,7 +63,7 @@ def load_causal_lm(name_or_path: str, params: Params, quantize: bool, dtype: str
         name_or_path,
         dtype=torch_dtype(dtype),
         quantization_config=quantization,
-        attn_implementation=attention_implementation(params),
+        attn_implementation=setup.attention,
         trust_remote_code=params.trust_remote_code,
     )
     return nf4.keep_unpacked(model) if quantize and params.load_in_4bit else model
@@ -78,7 +80,7 @@ def load_adapter_base(name_or_path: str, params: Params, dequantized: bool, dtyp
     if dequantized:
         quantized = load_causal_lm(name_or_path, params, quantize=True, dtype=dtype)
         nf4.check_nf4_base(quantized, nf4.snapshot(quantized), "before it is dequantized")
-        return quantized.dequantize(dtype=torch_dtype(dtype or params.compute_dtype))
+        return quantized.dequantize(dtype=torch_dtype(dtype or training_setup(params).compute_dtype))
     return load_causal_lm(name_or_path, params, quantize=False, dtype=dtype)
 
 
@@ -100,17 +102,6 @@ def inference_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def attention_implementation(params: Params) -> str:
-    """FlashAttention-2 where it can run; else SDPA (packed rows stay isolated without a mask)."""
-    import importlib.util
-
-    import torch
-
-    if params.flash_attention and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
 
 
 def save_tokenizer(tokenizer, source: str, folder: Path) -> Path:

@@ -14,6 +14,8 @@ from kit.core.params import DatasetSpec, Params
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # What `save_to_disk` writes at the top of a Dataset's or a DatasetDict's folder.
 SAVED_DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json")
+# Local files, like a saved Dataset, hold one split of this name.
+LOCAL_SPLIT = "train"
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,24 @@ def check_local_paths(params: Params) -> None:
     """A dataset path that names no data fails now, not after the tokenizer and base model have loaded
     (minutes for a large model)."""
     for spec in [*params.datasets, *(params.test_datasets or [])]:
-        local_files(Path(spec.path).expanduser())
+        if local_files(Path(spec.path).expanduser()):
+            split_parts(spec.split, {LOCAL_SPLIT: 1}, spec.path)
 
 
-def _load_files(files: list[Path]):
+def split_parts(split: str, lengths: dict[str, int], where: str) -> list[tuple[str, int, int]]:
+    """The rows ``split`` names, as (split, start, stop), over splits of ``lengths`` rows. The syntax is
+    ``load_dataset``'s, so a slice reads the same from local files as from the Hub: ``train``,
+    ``train[:100]``, ``train[10%:]``, ``train[:50]+validation[:50]``."""
+    from datasets import ReadInstruction
+
+    try:
+        parts = ReadInstruction.from_spec(split).to_absolute(lengths)
+    except (ValueError, AssertionError) as error:
+        raise ValueError(f"datasets: {where}: split {split!r}: {error}") from None
+    return [(part.splitname, part.from_, part.to) for part in parts]
+
+
+def _load_files(files: list[Path], split: str = LOCAL_SPLIT):
     from datasets import Features, Value, load_dataset
 
     builder = LOCAL_BUILDERS[files[0].suffix]
@@ -98,20 +114,25 @@ def _load_files(files: list[Path]):
         with files[0].open(newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
         options = {"features": Features({column: Value("string") for column in header}), "na_filter": False}
-    return load_dataset(builder, data_files=[str(file) for file in files], split="train", **options)
+    return load_dataset(builder, data_files=[str(file) for file in files], split=split, **options)
 
 
 def load_source(spec: DatasetSpec):
     """One ``datasets`` entry as a Dataset: a local file or folder, or the Hub."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    from datasets import DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
     path = Path(spec.path).expanduser()
     if _is_saved_dataset(path):
         saved = load_from_disk(str(path))
-        return saved[spec.split] if isinstance(saved, DatasetDict) else saved
+        splits = saved if isinstance(saved, DatasetDict) else {LOCAL_SPLIT: saved}
+        if spec.split in splits:
+            return splits[spec.split]
+        parts = split_parts(spec.split, {name: len(rows) for name, rows in splits.items()}, spec.path)
+        return concatenate_datasets([splits[name].select(range(start, stop)) for name, start, stop in parts])
     files = local_files(path)
     if files:
-        return _load_files(files)
+        split_parts(spec.split, {LOCAL_SPLIT: 1}, spec.path)  # a wrong split told as iter_rows tells it
+        return _load_files(files, spec.split)
     return load_dataset(spec.path, name=spec.name, split=spec.split, data_files=spec.data_files, revision=spec.revision)
 
 
@@ -136,6 +157,15 @@ def _json_lines(file: Path) -> Iterator[tuple[RowPlace, dict[str, Any] | BadData
             yield place, values
 
 
+def _local_rows(files: list[Path]) -> Iterator[tuple[RowPlace, dict[str, Any] | BadData]]:
+    for file in files:
+        if file.suffix == ".jsonl":
+            yield from _json_lines(file)
+        else:
+            for number, values in enumerate(_load_files([file]), start=1):
+                yield RowPlace(str(file), number), values
+
+
 def iter_rows(spec: DatasetSpec) -> Iterator[tuple[RowPlace, dict[str, Any] | BadData]]:
     """Every row of one ``datasets`` entry with its place; a row that cannot be read comes as BadData.
 
@@ -144,13 +174,13 @@ def iter_rows(spec: DatasetSpec) -> Iterator[tuple[RowPlace, dict[str, Any] | Ba
     """
     path = Path(spec.path).expanduser()
     files = local_files(path)
-    for file in files:
-        if file.suffix == ".jsonl":
-            yield from _json_lines(file)
-        else:
-            for number, values in enumerate(_load_files([file]), start=1):
-                yield RowPlace(str(file), number), values
-    if not files:
+    if files and spec.split == LOCAL_SPLIT:
+        yield from _local_rows(files)
+    elif files:
+        rows = list(_local_rows(files))
+        for _, start, stop in split_parts(spec.split, {LOCAL_SPLIT: len(rows)}, spec.path):
+            yield from rows[start:stop]
+    else:
         name = str(path) if _is_saved_dataset(path) else f"{spec.path} (split {spec.split})"
         for number, values in enumerate(load_source(spec), start=1):
             yield RowPlace(name, number), values

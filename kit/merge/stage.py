@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.core.formats import CONVERSATION_TYPES, resolve_chat_template
+from kit.core.hardware import hub_unavailable_reason
 from kit.core.logits import causal_lm_logits, held_out_token_ids
 from kit.core.manifest import params_hash, upstream_manifest, write_manifest
 from kit.core.models import (
@@ -25,7 +26,7 @@ from kit.core.models import (
     torch_dtype,
     with_adapter,
 )
-from kit.core.params import Params, hub_unavailable_reason
+from kit.core.params import Params
 from kit.core.progress import announce
 from kit.core.staging import written_aside
 from kit.core.tracking import log_metrics

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from kit.core.hardware import training_setup
 from kit.core.tracking import package_versions
 
 # The models' config.json values, written out: the check downloads nothing.
@@ -274,13 +275,13 @@ def train_params(model_dir: Path, setting: Setting, sequence_len: int, steps: in
 def measure(setting: Setting, folders: dict[str, Path], sequence_len: int, steps: int,
             warmup_steps: int, flops_per_token: float, peak_tflops: float | None) -> Measurement:
     """Train ``steps`` steps through run_train; the first ``warmup_steps`` are left out of the rates."""
-    from kit.train.stage import hardware_choices, run_train
+    from kit.train.stage import announced_setup, run_train
 
     out_dir = folders["runs"] / f"{len(list(folders['runs'].glob('*')))}"
     params = train_params(folders["model"], setting, sequence_len, steps, out_dir)
     prepared = {"outputs": {"tokenizer_dir": str(folders["tokenizer"]), "dataset_dir": str(folders["dataset"]),
                             "base_model": str(folders["model"]), "packed": True}}
-    result = Measurement(setting, choices=hardware_choices(params))
+    result = Measurement(setting, choices=announced_setup(params)[1])
     timer = StepTimer()
     # What an earlier setting may have left allocated is not this setting's to count.
     left_over = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
@@ -395,7 +396,8 @@ def measure_model(name: str, shape: dict, compare: bool, scratch: Path, sequence
         return measurements[-1]
 
     kits_pick = Setting(True, micro_batch)
-    if train_params(folders["model"], kits_pick, sequence_len, args.steps, folders["runs"]).liger_kernels:
+    picked = train_params(folders["model"], kits_pick, sequence_len, args.steps, folders["runs"])
+    if training_setup(picked).liger_kernels:
         # What Liger's kernels are worth; first, because Liger patches some functions process-wide.
         run(Setting(True, micro_batch, liger=False))
     liger = not run(kits_pick).error  # where Liger's kernels fail here, the other settings go without them

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import nbformat
 
 from kit.core import tracking
+from kit.core.hardware import environment_warnings
 from kit.core.manifest import params_hash, read_manifest
-from kit.core.params import Params, environment_warnings, load_params, parse_overrides
+from kit.core.params import Params, load_params, parse_overrides
 
 STAGES = ("prepare", "train", "merge", "quantize", "evaluate")
 UPSTREAM: dict[str, tuple[str, ...]] = {
@@ -154,6 +154,9 @@ def notebook_provenance(stage: str) -> dict[str, str]:
     path = os.environ.get("JPY_SESSION_NAME", "")
     if not path.endswith(".ipynb") or not Path(path).is_file():
         return {}
+    # Here, not at the top: nbformat's schema checks import a grammar that takes a second to build, and
+    # every stage's kernel imports this module while only one run from JupyterLab reads a notebook.
+    import nbformat
 
     def cells(notebook: Path) -> list[tuple[str, str]]:
         return [(cell.cell_type, cell.source) for cell in nbformat.read(notebook, as_version=4).cells

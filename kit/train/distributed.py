@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 
+from kit.core.hardware import TrainingSetup, this_machine
 from kit.core.manifest import MANIFEST
 from kit.core.params import Params
 
@@ -43,20 +44,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def scale_out_arguments(params: Params) -> dict[str, Any]:
+def scale_out_arguments(params: Params, setup: TrainingSetup) -> dict[str, Any]:
     """TrainingArguments for FSDP and DeepSpeed where this machine honours them (else a warning said so)."""
     arguments: dict[str, Any] = {}
-    if params.uses_fsdp:
+    if setup.fsdp:
         arguments.update(fsdp=params.fsdp, fsdp_config=params.fsdp_config)
-    if params.uses_deepspeed:
+    if setup.deepspeed:
         arguments["deepspeed"] = params.deepspeed
     return arguments
 
 
 def launch_command(params: Params, spec: Path, worker: str = WORKER) -> list[str]:
     """`accelerate launch` of ``worker`` (a module run with the spec file) in the params' processes."""
-    import torch
-
     processes = params.num_train_processes
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if params.train_accelerate_config:
@@ -65,7 +64,7 @@ def launch_command(params: Params, spec: Path, worker: str = WORKER) -> list[str
         # accelerate's `--multi_gpu` is its torchrun launcher; on a CPU the Trainer then joins a gloo group.
         command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--num_processes", str(processes), "--main_process_port", str(_free_port())]
-    if not torch.cuda.is_available():
+    if not this_machine().cuda:
         # torchrun would leave each process one thread; share the cores out instead.
         command += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // processes))]
     return [*command, "-m", worker, str(spec)]
@@ -73,12 +72,10 @@ def launch_command(params: Params, spec: Path, worker: str = WORKER) -> list[str
 
 def launch_train(params: Params, prepared: dict[str, Any], out_dir: Path, worker: str = WORKER) -> dict[str, Any]:
     """Train in ``params.num_train_processes`` processes of ``worker``; returns the manifest rank 0 wrote."""
-    import torch
-
-    processes = params.num_train_processes
-    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+    processes, machine = params.num_train_processes, this_machine()
+    if machine.cuda and processes > machine.cuda_devices:
         raise RuntimeError(
-            f"train_num_processes: {processes} processes asked for, {torch.cuda.device_count()} CUDA GPUs here"
+            f"train_num_processes: {processes} processes asked for, {machine.cuda_devices} CUDA GPUs here"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST

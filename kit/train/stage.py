@@ -15,14 +15,9 @@ import torch
 
 from kit.core import nf4
 from kit.core.formats import IGNORE_INDEX
+from kit.core.hardware import TrainingSetup, training_setup
 from kit.core.manifest import params_hash, upstream_manifest, write_manifest
-from kit.core.models import (
-    attention_implementation,
-    fit_embeddings_to_tokenizer,
-    load_causal_lm,
-    load_tokenizer,
-    save_tokenizer,
-)
+from kit.core.models import fit_embeddings_to_tokenizer, load_causal_lm, load_tokenizer, save_tokenizer
 from kit.core.params import Params
 from kit.core.progress import show_training_progress
 from kit.core.tracking import log_artifact, log_metrics, set_tags
@@ -66,21 +61,13 @@ class PackedRowsCollator:
         return {key: torch.tensor(value) for key, value in batch.items()}
 
 
-def hardware_choices(params: Params) -> dict[str, str]:
-    """What training runs with on this machine, picked from the params and what the device has; printed
-    for the log, and set as the train run's tags."""
-    optimizer = params.optimizer_to_run
-    kernels = [name for name, on in params.liger_kernels.items() if on]
-    choices = {
-        "train.device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "train.attention": attention_implementation(params),
-        "train.compute_dtype": params.compute_dtype,
-        "train.optimizer": optimizer + ("" if optimizer == params.optimizer else f" (instead of {params.optimizer})"),
-        "train.liger_kernels": ", ".join(kernels) or "none",
-    }
+def announced_setup(params: Params) -> tuple[TrainingSetup, dict[str, str]]:
+    """What training runs with on this machine, printed for the log; with the picks as the train run's tags."""
+    setup = training_setup(params)
+    choices = setup.choices(params)
     for tag, choice in choices.items():
         print(f"{tag.removeprefix('train.')}: {choice}")
-    return choices
+    return setup, choices
 
 
 def _build_model(params: Params, base_model: str, tokenizer):
@@ -226,11 +213,11 @@ def _make_trainer(**kwargs):
 # What the train notebook shows first (kit.pipeline.stage.metrics_table).
 # The keys train reads itself; prepare's (the model, the rows) reach its hash through prepare's.
 TRAINING_KEYS = (
-    "load_in_8bit", "load_in_4bit", "adapter", "lora_model_dir", "lora_r", "lora_alpha", "lora_dropout",
+    "load_in_8bit", "load_in_4bit", "adapter", "lora_r", "lora_alpha", "lora_dropout",
     "lora_target_modules", "lora_target_linear", "lora_fan_in_fan_out", "lora_modules_to_save", "peft_use_dora",
     "gradient_accumulation_steps", "micro_batch_size", "num_epochs", "max_steps", "optimizer", "lr_scheduler",
     "learning_rate", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "bf16", "fp16", "tf32",
-    "gradient_checkpointing", "early_stopping_patience", "eval_steps", "save_strategy", "save_steps", "seed",
+    "gradient_checkpointing", "eval_steps", "save_strategy", "save_steps", "seed",
     "flash_attention", "xformers_attention", "deepspeed", "fsdp", "fsdp_config", "liger_rope", "liger_rms_norm",
     "liger_glu_activation", "liger_fused_linear_cross_entropy", "train_num_processes", "train_accelerate_config",
 )
@@ -282,7 +269,7 @@ def run_train(
         print(f"warning: micro_batch_size {params.micro_batch_size} is more than the {rows} training rows: each "
               f"step takes all {rows} at once, in memory together; lower micro_batch_size to {rows} or less",
               file=sys.stderr)
-    choices = hardware_choices(params)
+    setup, choices = announced_setup(params)
     arguments = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=params.micro_batch_size,
@@ -296,10 +283,10 @@ def run_train(
         warmup_steps=params.warmup_steps or params.warmup_ratio or 0,
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
-        optim=params.optimizer_to_run,
-        bf16=params.compute_dtype == "bfloat16",
-        fp16=params.compute_dtype == "float16",
-        tf32=params.tf32 if torch.cuda.is_available() else None,
+        optim=setup.optimizer,
+        bf16=setup.compute_dtype == "bfloat16",
+        fp16=setup.compute_dtype == "float16",
+        tf32=setup.tf32,
         logging_steps=params.logging_steps or 10,
         # Counts, or fractions of the run (0.01 = every 1%), read the same way by transformers and Axolotl.
         eval_strategy="steps" if has_validation and params.eval_steps else "no",
@@ -317,13 +304,13 @@ def run_train(
         data_seed=params.seed,
         report_to="none",
         remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=setup.device == "cpu",
         dataloader_num_workers=0,
         # Every LoRA (or full) parameter takes part in each step; searching for unused ones costs a graph walk.
         ddp_find_unused_parameters=False,
-        use_liger_kernel=bool(params.liger_kernels),
-        liger_kernel_config=params.liger_kernels or None,
-        **scale_out_arguments(params),
+        use_liger_kernel=bool(setup.liger_kernels),
+        liger_kernel_config=setup.liger_kernels or None,
+        **scale_out_arguments(params, setup),
     )
     trainer = _make_trainer(
         model=model,
