@@ -237,9 +237,9 @@ class KeyRow(NamedTuple):
     description: str
 
 
-# Keys whose values are mappings of keys of their own, listed under theirs (datasets[].path).
-_NESTED = {"datasets": DatasetSpec, "test_datasets": DatasetSpec, "datasets[].type": UserFormat,
-           "eval_benchmarks": BenchmarkFile}
+# Keys whose values are mappings of keys of their own, listed under theirs (datasets[].path); test_datasets'
+# entries are datasets', listed once.
+_NESTED = {"datasets": DatasetSpec, "datasets[].type": UserFormat, "eval_benchmarks": BenchmarkFile}
 
 
 def key_table() -> list[KeyRow]:
@@ -253,7 +253,7 @@ def key_table() -> list[KeyRow]:
                 field.get_default(call_default_factory=True), default=str)
             listed.append(KeyRow(concern, prefix + key, default, field.description or ""))
             nested = _NESTED.get(prefix + key)
-            if nested and not (prefix == "" and key == "test_datasets"):  # test_datasets' entries are datasets'
+            if nested:
                 listed += rows(concern, nested, f"{prefix}{key}[].")
         return listed
 
